@@ -1,0 +1,3 @@
+"""puppylogd: tail HTTP access logs into PostgreSQL, exactly once."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Run the daemon with ``python -m puppylogd``."""
+
+from puppylogd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Command line of puppylogd: ``run`` (default), ``migrate`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from puppylogd import __version__
+from puppylogd.config import Settings, describe_error
+from puppylogd.logs import configure_logging
+
+# Flags spelt differently from their setting: a repeatable --log-file fills log_files.
+_FLAG_NAMES = {"log_files": "--log-file"}
+COMMANDS = ("run", "migrate", "demo")
+
+
+def _is_bool(info: FieldInfo) -> bool:
+    return info.annotation is bool
+
+
+def _choices(info: FieldInfo) -> tuple[str, ...] | None:
+    if typing.get_origin(info.annotation) is typing.Literal:
+        return tuple(str(a) for a in typing.get_args(info.annotation))
+    return None
+
+
+def _field_help(name: str, info: FieldInfo) -> str:
+    env = f"PUPPYLOG_{name.upper()}"
+    text = info.description or ""
+    return f"{text} (env {env})".strip()
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] = ()) -> None:
+    """Add one flag per setting (``--threshold`` for ``threshold``), defaults left to Settings."""
+    for name, info in Settings.model_fields.items():
+        if only and name not in only:
+            continue
+        flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _field_help(name, info)}
+        if _is_bool(info):
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+        elif name == "log_files":
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "PATH"
+        else:
+            kwargs["metavar"] = name.upper()
+            if (choices := _choices(info)) is not None:
+                kwargs["choices"] = choices
+        parser.add_argument(flag, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build Settings: environment first, then every flag given on the command line."""
+    overrides = {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _field_comments() -> None:
+    """Use each field's one-line source comment as its --help text (one source of truth)."""
+    import inspect
+
+    from puppylogd import config
+
+    source = inspect.getsource(config.Settings).splitlines()
+    for i, line in enumerate(source):
+        stripped = line.strip()
+        if not stripped.startswith("# ") or i + 1 >= len(source):
+            continue
+        name = source[i + 1].strip().split(":", 1)[0]
+        info = Settings.model_fields.get(name)
+        if info is not None and not info.description:
+            info.description = stripped[2:]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``puppylogd``."""
+    _field_comments()
+    parser = argparse.ArgumentParser(
+        prog="puppylogd",
+        description="Tail HTTP access logs into PostgreSQL; stats and alerts in the database.",
+    )
+    parser.add_argument("--version", action="version", version=f"puppylogd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="follow the log files (the default command)")
+    add_settings_arguments(run)
+    migrate = sub.add_parser("migrate", help="apply database migrations and exit")
+    add_settings_arguments(
+        migrate, only=("dsn", "dsn_file", "state_dir", "log_level", "log_format")
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="the whole system at once: daemon, a traffic generator with a burst, and the watch",
+    )
+    add_settings_arguments(demo)
+    demo.add_argument("--plain", action="store_true", help="plain watch output, one line per event")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: never)"
+    )
+    return parser
+
+
+def _split_command(argv: list[str]) -> list[str]:
+    """Make ``run`` the default command, so ``puppylogd --once`` works."""
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version")):
+        return argv
+    return ["run", *argv]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run puppylogd; exit 2 with one clear line on a bad setting, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(_split_command(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"puppylogd: error: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"puppylogd: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        settings.resolved_dsn()  # an unreadable dsn_file is a bad setting: say so now
+    except OSError as exc:
+        print(f"puppylogd: error: invalid setting dsn_file: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        from puppylogd.demo import run_demo
+
+        return run_demo(settings, plain=bool(args.plain), duration=args.duration)
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+
+    def reload() -> Settings:
+        return settings_from_args(args)
+
+    from puppylogd.daemon import Daemon, DaemonError
+    from puppylogd.embedded import EmbeddedError
+
+    try:
+        return asyncio.run(Daemon(settings, reload=reload).run())
+    except (DaemonError, EmbeddedError) as exc:
+        structlog.get_logger("puppylogd").error("cannot start", error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _migrate(settings: Settings) -> int:
+    """Apply migrations (the embedded database is started for it when no DSN is set)."""
+    from puppylogd import db
+    from puppylogd.daemon import open_embedded
+    from puppylogd.migrations import apply_migrations
+
+    log = structlog.get_logger("puppylogd")
+    dsn = settings.resolved_dsn()
+    cluster = None
+    own = False
+    if dsn is None:
+        cluster, dsn, own = await open_embedded(settings)
+    try:
+        conn = await db.connect(dsn, application_name="puppylogd-migrate")
+        try:
+            applied = await apply_migrations(conn)
+        finally:
+            await conn.close()
+        log.info("migrations applied" if applied else "schema is up to date", applied=applied)
+        return 0
+    finally:
+        if cluster is not None and own:
+            await asyncio.to_thread(cluster.stop)

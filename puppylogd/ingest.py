@@ -1,0 +1,419 @@
+"""Ship one stream's lines into PostgreSQL: binary COPY plus checkpoint, in one transaction.
+
+Exactly-once rests on two rules. The checkpoint (file identity and byte offset) is written in
+the transaction that stores the rows it covers, with a compare-and-set on where the batch
+began. After any failure (including an ambiguous COMMIT) the committed checkpoint is read
+back and the tailer rewinds to it, so every line is stored once: never skipped, never twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from puppylogd import db
+from puppylogd.config import Settings
+from puppylogd.parser import COLUMNS, Parser, RecordRow, Rejected
+from puppylogd.tailer import Chunk, Position, Tailer
+
+log = structlog.get_logger("puppylogd.ingest")
+
+REJECTED_COLUMNS = ("stream_id", "reason", "detail", "line")
+# An idle stream reports its watermark this often, so quiet time counts as zero traffic.
+HEARTBEAT_SECONDS = 1.0
+# Retry delays while the database is away: start small, cap so recovery is prompt.
+BACKOFF_START = 0.25
+BACKOFF_MAX = 10.0
+# Records dated further ahead than this are rejected: they would hold partitions hostage.
+FUTURE_LIMIT = timedelta(days=1)
+NO_PARTITION = "no partition of relation"
+
+
+class CheckpointConflict(Exception):
+    """The stream's checkpoint moved under us: someone else tails the same stream."""
+
+
+# What makes a stream rewind to its committed checkpoint and carry on.
+FAILURES: tuple[type[BaseException], ...] = (CheckpointConflict, *db.DB_ERRORS)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One chunk of a file, parsed and ready to commit."""
+
+    chunk: Chunk
+    rows: list[RecordRow]
+    rejected: list[Rejected]
+    max_ts: datetime | None
+    caught_up: bool
+    file_size: int | None
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters an operator (and STATUS=) wants about one stream."""
+
+    stored: int = 0
+    rejected: int = 0
+    batches: int = 0
+    lag_bytes: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    waiting_for_db: bool = False
+
+
+def position_from_row(row: asyncpg.Record) -> Position | None:
+    """Build a tailer position from a checkpoint row; None when nothing was committed yet."""
+    if row["inode"] is None:
+        return None
+    return Position(
+        dev=int(row["dev"]),
+        inode=int(row["inode"]),
+        offset=int(row["byte_offset"]),
+        fp_len=int(row["fp_len"]),
+        fingerprint=bytes(row["fingerprint"] or b""),
+    )
+
+
+class StreamIngest:
+    """Follow one file and store each of its lines exactly once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        path: Path,
+        group_id: int,
+        *,
+        on_progress: Callable[[], None] = lambda: None,
+        on_rejected: Callable[[Path, Rejected], None] = lambda _p, _r: None,
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.path = path
+        self.group_id = group_id
+        self.stats = StreamStats()
+        self.stream_id = 0
+        self._on_progress = on_progress
+        self._on_rejected = on_rejected
+        self._conn: asyncpg.Connection | None = None
+        self._tailer = Tailer(
+            path, max_line_bytes=settings.max_line_bytes, poll_interval=settings.poll_interval
+        )
+        self._parser = Parser(0)
+        self._max_ts: datetime | None = None
+        # The checkpoint as committed in the database (None: nothing committed yet).
+        self._committed: Position | None = None
+        self._known_days: set[date] = set()
+        self._lateness = timedelta(seconds=settings.lateness_seconds)
+
+    # -- connection and synchronisation -------------------------------------------------
+
+    async def _connection(self) -> asyncpg.Connection:
+        """Return a live connection, reconnecting with capped backoff while the server is away."""
+        delay = BACKOFF_START
+        while self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = await db.connect(self.dsn, application_name="puppylogd")
+            except db.CONNECTION_ERRORS as exc:
+                if not self.stats.waiting_for_db:
+                    log.warning("waiting for database", path=str(self.path), error=str(exc))
+                self.stats.waiting_for_db = True
+                if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
+                    # The server is plainly down, not hung: we are alive and retrying.
+                    self._on_progress()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        if self.stats.waiting_for_db:
+            log.info("database is back", path=str(self.path))
+            self.stats.waiting_for_db = False
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Forget the current connection (after an error its state is unknown)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def register(self) -> str:
+        """Register the stream, open the tailer at the committed checkpoint; say what happened."""
+        conn = await self._connection()
+        row = await conn.fetchrow(
+            db.query("register_stream"), self.group_id, self.settings.host, str(self.path)
+        )
+        assert row is not None
+        self.stream_id = int(row["id"])
+        self._parser = Parser(self.stream_id)
+        self._max_ts = row["max_ts"]
+        self._committed = position_from_row(row)
+        decision = self._tailer.open(self._committed, from_end=self.settings.from_end)
+        log.info("stream opened", path=str(self.path), stream_id=self.stream_id, how=decision)
+        return decision
+
+    async def _resync(self) -> None:
+        """Rewind the tailer to what the database has committed (after any failure)."""
+        while True:
+            conn = await self._connection()
+            try:
+                row = await conn.fetchrow(db.query("read_checkpoint"), self.stream_id)
+            except db.CONNECTION_ERRORS as exc:
+                log.warning("database lost while resynchronising", error=str(exc))
+                await self._drop_connection()
+                continue
+            assert row is not None
+            position = position_from_row(row)
+            self._max_ts = row["max_ts"]
+            self._committed = position
+            if position is None:
+                self._tailer.close()
+                self._tailer.open(None, from_end=self.settings.from_end)
+            else:
+                self._tailer.rewind(position)
+            return
+
+    # -- preparing and committing batches ------------------------------------------------
+
+    def _prepare(self, chunk: Chunk) -> Batch:
+        """Parse a chunk; reject lines outside the retention window or far in the future."""
+        now = datetime.now(UTC)
+        retention = self.settings.retention_days
+        self._parser.set_bounds(
+            now - timedelta(days=retention) if retention else None, now + FUTURE_LIMIT
+        )
+        rows, rejected = self._parser.parse_many(chunk.lines)
+        for raw in chunk.too_long:
+            rejected.append(
+                Rejected(
+                    reason="line too long",
+                    detail=f"over {self.settings.max_line_bytes} bytes",
+                    line=raw,
+                )
+            )
+        max_ts = max((r[0] for r in rows), default=None) if rows else None
+        return Batch(
+            chunk=chunk,
+            rows=rows,
+            rejected=rejected,
+            max_ts=max_ts,
+            caught_up=self._tailer.at_eof(),
+            file_size=self._tailer.file_size(),
+        )
+
+    def _watermark(self, max_ts: datetime | None, caught_up: bool) -> datetime | None:
+        """Event time before which this stream is complete (see README, time semantics).
+
+        Lines up to ``lateness`` out of order are waited for; while the stream is caught up
+        (live, at end of file) time also advances with the wall clock, so quiet time counts
+        as zero traffic.
+        """
+        data = max_ts - self._lateness if max_ts is not None else None
+        if caught_up and not self.settings.once:
+            wall = datetime.now(UTC).replace(microsecond=0) - self._lateness
+            return wall if data is None else max(data, wall)
+        return data
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[RecordRow]) -> None:
+        """Create the daily partitions the batch needs (first and last row; all on a miss)."""
+        if not rows:
+            return
+        days = {rows[0][0].date(), rows[-1][0].date()}
+        missing = days - self._known_days
+        if missing:
+            await conn.execute(db.query("ensure_partitions"), min(missing), max(missing))
+            self._known_days |= missing
+
+    async def _ensure_all_partitions(self, conn: asyncpg.Connection, rows: list[RecordRow]) -> None:
+        """Create partitions for every day in the batch (an out-of-order row missed one)."""
+        days = {r[0].date() for r in rows}
+        for day in sorted(days - self._known_days):
+            await conn.execute(db.query("ensure_partitions"), day, day)
+        self._known_days |= days
+
+    async def _commit(self, batch: Batch) -> None:
+        """Store a batch and move the checkpoint over it, atomically."""
+        conn = await self._connection()
+        await self._ensure_partitions(conn, batch.rows)
+        try:
+            await self._write(conn, batch)
+        except asyncpg.PostgresError as exc:
+            if NO_PARTITION not in str(exc):
+                raise
+            await self._ensure_all_partitions(conn, batch.rows)
+            await self._write(conn, batch)
+
+    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        """Run the batch's transaction: COPY rows, COPY rejects, compare-and-set checkpoint."""
+        start, end = batch.chunk.start, batch.chunk.end
+        committed = self._committed
+        if committed is not None and (start.inode, start.offset) != (
+            committed.inode,
+            committed.offset,
+        ):
+            # The reader is not where the database is: never skip or repeat, rewind instead.
+            raise CheckpointConflict(
+                f"batch starts at {start.inode}:{start.offset}, "
+                f"checkpoint is at {committed.inode}:{committed.offset}"
+            )
+        max_ts = self._max_ts
+        if batch.max_ts is not None:
+            max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
+        watermark = self._watermark(max_ts, batch.caught_up)
+        async with conn.transaction():
+            if batch.rows:
+                await conn.copy_records_to_table(
+                    "log_records", schema_name="puppylog", columns=COLUMNS, records=batch.rows
+                )
+            if batch.rejected:
+                await conn.copy_records_to_table(
+                    "rejected_lines",
+                    schema_name="puppylog",
+                    columns=REJECTED_COLUMNS,
+                    records=[(self.stream_id, r.reason, r.detail, r.line) for r in batch.rejected],
+                )
+            moved = await conn.fetchval(
+                db.query("commit_checkpoint"),
+                self.stream_id,
+                committed.inode if committed is not None else None,
+                committed.offset if committed is not None else 0,
+                end.dev or None,
+                end.inode or None,
+                end.offset,
+                end.fp_len,
+                end.fingerprint,
+                len(batch.rows),
+                len(batch.rejected),
+                batch.max_ts,
+                watermark,
+                batch.file_size,
+                batch.caught_up,
+            )
+            if moved is None:
+                raise CheckpointConflict(
+                    f"checkpoint of stream {self.stream_id} is not at {start.inode}:{start.offset}"
+                )
+        self._max_ts = max_ts
+        self._committed = end if end.inode else None
+        self._tailer.committed(end)
+        self.stats.stored += len(batch.rows)
+        self.stats.rejected += len(batch.rejected)
+        self.stats.batches += 1
+        if batch.file_size is not None:
+            self.stats.lag_bytes = max(0, batch.file_size - end.offset)
+        self.stats.last_progress = time.monotonic()
+        self._on_progress()
+        for rejected in batch.rejected:
+            self._on_rejected(self.path, rejected)
+
+    async def _heartbeat(self, watermark: datetime | None = None) -> None:
+        """Tell the database this stream is alive and how far its time has got."""
+        conn = await self._connection()
+        caught_up = self._tailer.at_eof() or self._tailer.file_size() is None
+        wm = watermark if watermark is not None else self._watermark(self._max_ts, caught_up)
+        await conn.execute(
+            db.query("heartbeat"), self.stream_id, wm, self._tailer.file_size(), caught_up
+        )
+        self.stats.last_progress = time.monotonic()
+        self._on_progress()
+
+    # -- the loops ------------------------------------------------------------------------
+
+    async def _produce(self, queue: asyncio.Queue[Batch]) -> None:
+        """Read and parse ahead while the previous batch is being committed (uses both cores)."""
+        wait = self.settings.batch_ms / 1000
+        while True:
+            chunk = await self._tailer.next_chunk(self.settings.batch_lines, wait)
+            if chunk.event:
+                log.info("file event", path=str(self.path), event_=chunk.event)
+            await queue.put(self._prepare(chunk))
+
+    async def _handle_failure(self, exc: BaseException) -> None:
+        """Log a failed commit, wait a little, then rewind to the committed checkpoint."""
+        if isinstance(exc, CheckpointConflict):
+            log.warning(
+                "checkpoint moved by someone else; is another puppylogd tailing this file "
+                "with the same group and host?",
+                path=str(self.path),
+                error=str(exc),
+            )
+        elif isinstance(exc, db.CONNECTION_ERRORS):
+            log.warning("database connection lost", path=str(self.path), error=str(exc))
+        else:
+            log.error("batch failed; will retry", path=str(self.path), error=repr(exc))
+        await self._drop_connection()
+        await asyncio.sleep(BACKOFF_START)
+        await self._resync()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the file until ``stop`` is set; then commit what is in hand and return."""
+        while not stop.is_set():
+            queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
+            producer = asyncio.create_task(self._produce(queue), name=f"read:{self.path}")
+            stopper = asyncio.create_task(stop.wait(), name=f"stop-wait:{self.path}")
+            failed = False
+            try:
+                while not stop.is_set():
+                    getter = asyncio.create_task(queue.get(), name=f"next-batch:{self.path}")
+                    done, _ = await asyncio.wait(
+                        {getter, producer, stopper},
+                        timeout=HEARTBEAT_SECONDS,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if producer in done:
+                        getter.cancel()
+                        producer.result()  # re-raise: a reader crash ends the daemon
+                    if getter not in done:
+                        getter.cancel()
+                        if not stop.is_set():
+                            await self._heartbeat()
+                        continue
+                    await self._commit(getter.result())
+                # Stop: commit every batch already read, then leave.
+                producer.cancel()
+                while not queue.empty():
+                    await self._commit(queue.get_nowait())
+            except FAILURES as exc:
+                failed = True
+                # Stop reading ahead before rewinding, so the tailer is not moved under it.
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
+                await self._handle_failure(exc)
+            finally:
+                producer.cancel()
+                stopper.cancel()
+                await asyncio.gather(producer, stopper, return_exceptions=True)
+            if not failed:
+                return
+
+    async def run_once(self) -> None:
+        """Store what the file holds now, close its time at its last timestamp, and return."""
+        while True:
+            try:
+                while (chunk := self._tailer.read_available(self.settings.batch_lines)) is not None:
+                    await self._commit(self._prepare(chunk))
+                # Time stops at the last timestamp: close that second too.
+                final = self._max_ts + timedelta(seconds=1) if self._max_ts else None
+                await self._heartbeat(final)
+                return
+            except FAILURES as exc:
+                await self._handle_failure(exc)
+
+    async def mark_stopped(self) -> None:
+        """Record a clean exit so this stream stops holding the group's time back."""
+        if self.stream_id and self._conn is not None and not self._conn.is_closed():
+            try:
+                await self._conn.execute(db.query("mark_stopped"), self.stream_id)
+            except db.DB_ERRORS as exc:
+                log.warning("could not mark stream stopped", error=str(exc))
+
+    async def close(self) -> None:
+        """Close the tailer and the connection."""
+        self._tailer.close()
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()

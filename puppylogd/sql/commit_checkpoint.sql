@@ -1,0 +1,16 @@
+-- Move a stream's checkpoint over the batch just copied, in the same transaction, only if it
+-- still stands where this batch began (compare-and-set: no batch is ever applied twice).
+UPDATE puppylog.log_streams SET
+    dev = $4, inode = $5, byte_offset = $6, fp_len = $7, fingerprint = $8,
+    lines_stored = lines_stored + $9,
+    lines_rejected = lines_rejected + $10,
+    max_ts = greatest(max_ts, $11),
+    watermark = greatest(watermark, $12),
+    file_size = $13,
+    caught_up = $14,
+    heartbeat_at = now(),
+    updated_at = now()
+WHERE id = $1
+  AND inode IS NOT DISTINCT FROM $2
+  AND byte_offset = $3
+RETURNING id

@@ -1,0 +1,720 @@
+"""Follow one access log file and hand out complete lines with exact byte positions.
+
+A ``Tailer`` owns the file descriptors for one log path.  It reads raw bytes with
+``os.pread`` (no text mode, no shared file offset), splits them into complete lines and
+reports, with every ``Chunk``, the exact ``Position`` before and after it, so the ingest
+can store the end position in the same transaction as the rows and, after a failure,
+``rewind`` to the committed position and get the very same lines again.
+
+Decisions:
+
+* A line is the bytes before a ``\\n``; the ``\\n`` is removed, a ``\\r`` is kept.  A
+  partial last line is held until its ``\\n`` arrives.  The only exception is the tail of
+  a file that has been rotated away (the writer moved on, it can never be completed): it
+  is emitted as a final line just before switching files.
+* A line longer than ``max_line_bytes`` goes to ``Chunk.too_long`` as its first
+  ``TOO_LONG_KEEP`` bytes.  While such a line is incomplete its bytes are dropped as they
+  are read, so at most ``max_line_bytes + read_size`` bytes are buffered per file whatever
+  the file holds; the checkpoint stays at the start of the long line until its ``\\n``.
+* Identity of a file is ``(st_dev, st_ino)`` plus a sha256 fingerprint of its first
+  ``fp_len`` bytes (``fp_len = min(FP_BYTES, size)`` when computed, lengthened later while
+  the file is shorter than ``FP_BYTES``).  The fingerprint catches inode reuse and a
+  copy-truncated file that has already grown past the old offset again.
+* Rotation by rename: when the path names another file, the old descriptor is drained
+  to end of file and kept until it has not grown for ``rotate_grace`` seconds (writers
+  reopen their log a little after the rename), then the tailer switches to the new file
+  at offset 0 (event ``"rotated"``; ``"replaced"`` when the old file was deleted rather
+  than renamed).  While the path is missing the old descriptor is simply followed on (a
+  writer may still be appending to the deleted file); it is kept open until a new file
+  appears at the path.
+* copytruncate: the same file becoming shorter than what was read, or its first bytes
+  changing, restarts it at offset 0 (event ``"truncated"``).
+* An event always starts a new chunk, so every chunk's lines come from one file; an event
+  chunk's ``start`` is the last position on the old file, its ``end`` is on the new one.
+* The previous file of a rotation stays open so that a rewind to a position on it can
+  replay the rotation exactly; it is closed by the next rotation, by ``rewind``/
+  ``committed`` with a position on the current file, or by ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "EVENTS",
+    "FP_BYTES",
+    "NO_FILE",
+    "TOO_LONG_KEEP",
+    "Chunk",
+    "Position",
+    "Tailer",
+]
+
+FP_BYTES = 256
+"""Number of leading bytes hashed into a file's fingerprint (fewer while the file is shorter)."""
+
+TOO_LONG_KEEP = 1024
+"""Bytes kept of a line longer than ``max_line_bytes`` (recorded as rejected)."""
+
+EVENTS: tuple[str, ...] = ("rotated", "truncated", "replaced", "appeared")
+
+_SCAN_BLOCK = 65536  # block size when looking backwards for the last newline (from_end)
+
+_REPLACED = "checkpoint file replaced: starting at 0"
+
+# Outcomes of one non-blocking collection step.
+_FULL = "full"  # the chunk holds max_lines items
+_CLOSED = "closed"  # an event ended the chunk; the event starts the next one
+_IDLE = "idle"  # end of file, nothing pending: caught up
+_WAITING = "waiting"  # end of file, but a rotation waits for its grace period
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in a particular file: checkpoint stored with the rows it covers."""
+
+    dev: int
+    inode: int
+    offset: int
+    """Byte offset just after the last consumed line."""
+    fp_len: int
+    fingerprint: bytes
+    """sha256 of the first ``fp_len`` bytes of the file."""
+
+
+NO_FILE = Position(dev=0, inode=0, offset=0, fp_len=0, fingerprint=_sha256(b""))
+"""Position used while no file has ever been open (waiting for the path to appear)."""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Complete lines of one file, with the positions before and after them."""
+
+    start: Position
+    end: Position
+    lines: list[bytes]
+    too_long: list[bytes]
+    event: str | None = None
+
+
+@dataclass(slots=True)
+class _Acc:
+    """A chunk being collected; kept on the tailer so a cancelled wait loses nothing."""
+
+    start: Position
+    event: str | None
+    lines: list[bytes] = field(default_factory=list)
+    too_long: list[bytes] = field(default_factory=list)
+    end: Position | None = None  # frozen end when an event closed the chunk early
+    closed: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.lines) + len(self.too_long)
+
+    @property
+    def ready(self) -> bool:
+        return self.closed or self.event is not None or bool(self.lines) or bool(self.too_long)
+
+
+class _File:
+    """One open file with its read state.
+
+    ``buf[bi:]`` holds the bytes not yet split into lines; ``buf[0]`` is at file offset
+    ``base``.  ``pos`` is the consumed offset (always a line boundary).  In skip mode
+    (``skip_head`` is not None) the line starting at ``pos`` is known to be too long and
+    its bytes up to ``base + bi`` have been dropped.
+    """
+
+    __slots__ = (
+        "base",
+        "bi",
+        "buf",
+        "checked_size",
+        "dev",
+        "fd",
+        "fingerprint",
+        "fp_len",
+        "ino",
+        "last_growth",
+        "name",
+        "pos",
+        "rot_noticed",
+        "skip_emit",
+        "skip_head",
+        "switch_event",
+    )
+
+    def __init__(self, fd: int, st: os.stat_result, name: str) -> None:
+        self.fd = fd
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.name = name
+        self.fp_len = 0
+        self.fingerprint = NO_FILE.fingerprint
+        self.pos = 0
+        self.base = 0
+        self.buf = b""
+        self.bi = 0
+        self.skip_head: bytes | None = None
+        self.skip_emit = True
+        self.checked_size = -1
+        self.last_growth = time.monotonic()
+        self.rot_noticed: float | None = None
+        self.switch_event: str | None = None
+        self.compute_fp()
+
+    @property
+    def ident(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+    @property
+    def read_off(self) -> int:
+        """Return the file offset of the next byte to read."""
+        return self.base + len(self.buf)
+
+    def position(self) -> Position:
+        """Return the consumed position, lengthening a short fingerprint first."""
+        self.extend_fp()
+        return Position(self.dev, self.ino, self.pos, self.fp_len, self.fingerprint)
+
+    def seek(self, offset: int) -> None:
+        """Discard buffered bytes and continue reading at ``offset`` (a line boundary)."""
+        self.pos = offset
+        self.base = offset
+        self.buf = b""
+        self.bi = 0
+        self.skip_head = None
+        self.skip_emit = True
+        self.checked_size = -1
+
+    def compute_fp(self) -> None:
+        """Fingerprint the file from scratch (after opening or a truncation)."""
+        data = os.pread(self.fd, FP_BYTES, 0)
+        self.fp_len = len(data)
+        self.fingerprint = _sha256(data)
+
+    def prefix_ok(self) -> bool:
+        """Return whether the first ``fp_len`` bytes still hash to the fingerprint."""
+        if self.fp_len == 0:
+            return True
+        data = os.pread(self.fd, self.fp_len, 0)
+        return len(data) == self.fp_len and _sha256(data) == self.fingerprint
+
+    def extend_fp(self) -> None:
+        """Lengthen a fingerprint taken while the file was shorter than ``FP_BYTES``."""
+        # Cheap test first: only worth a syscall while short and known to have grown.
+        if self.fp_len >= FP_BYTES or self.read_off <= self.fp_len:
+            return
+        data = os.pread(self.fd, FP_BYTES, 0)
+        # Only extend when the old prefix is intact; otherwise the file was truncated and
+        # rewritten, which the end-of-file check reports as a truncation.
+        if len(data) > self.fp_len and _sha256(data[: self.fp_len]) == self.fingerprint:
+            self.fp_len = len(data)
+            self.fingerprint = _sha256(data)
+
+    def read(self, size: int) -> int:
+        """Append up to ``size`` new bytes to the buffer; return how many were read."""
+        data = os.pread(self.fd, size, self.read_off)
+        if data:
+            # Drop what was already split off so the buffer stays bounded.
+            self.base += self.bi
+            self.buf = self.buf[self.bi :] + data if self.bi < len(self.buf) else data
+            self.bi = 0
+            self.last_growth = time.monotonic()
+        return len(data)
+
+    def _grow_head(self, buf: bytes, start: int, stop: int) -> bytes:
+        """Extend the kept head of the long line with ``buf[start:stop]``; return it."""
+        head = self.skip_head or b""
+        need = TOO_LONG_KEEP - len(head)
+        if need > 0 and self.skip_emit:
+            head += buf[start : min(stop, start + need)]
+            self.skip_head = head
+        return head
+
+    def _drop_buffer(self) -> None:
+        self.base += len(self.buf)
+        self.buf = b""
+        self.bi = 0
+
+    def take(self, room: int, max_line: int, lines: list[bytes], too_long: list[bytes]) -> int:
+        """Move up to ``room`` complete lines out of the buffer; return how many were moved."""
+        buf = self.buf
+        bi = self.bi
+        n = 0
+        if self.skip_head is not None:
+            j = buf.find(b"\n", bi)
+            if j < 0:
+                # Still inside the long line: keep its head, forget the rest of its bytes;
+                # the checkpoint stays at its start.
+                self._grow_head(buf, bi, len(buf))
+                self._drop_buffer()
+                return 0
+            if self.skip_emit:
+                too_long.append(self._grow_head(buf, bi, j))
+                n = 1
+            self.skip_head = None
+            self.skip_emit = True
+            bi = j + 1
+        while n < room:
+            j = buf.find(b"\n", bi)
+            if j < 0:
+                if len(buf) - bi > max_line:
+                    # Too long already: keep only its head and stop buffering it.
+                    self.skip_head = buf[bi : bi + TOO_LONG_KEEP]
+                    self.pos = self.base + bi
+                    self._drop_buffer()
+                    return n
+                break
+            if j - bi > max_line:
+                too_long.append(buf[bi : min(j, bi + TOO_LONG_KEEP)])
+            else:
+                lines.append(buf[bi:j])
+            bi = j + 1
+            n += 1
+        self.bi = bi
+        self.pos = self.base + bi
+        return n
+
+    def flush_tail(self, max_line: int, lines: list[bytes], too_long: list[bytes]) -> None:
+        """Emit the unterminated tail as a final line: the file was rotated away."""
+        if self.skip_head is not None:
+            head = self._grow_head(self.buf, self.bi, len(self.buf))
+            if self.skip_emit:
+                too_long.append(head)
+            self.skip_head = None
+            self.skip_emit = True
+        else:
+            rest = self.buf[self.bi :]
+            if not rest:
+                return
+            if len(rest) > max_line:
+                too_long.append(rest[:TOO_LONG_KEEP])
+            else:
+                lines.append(rest)
+        self._drop_buffer()
+        self.pos = self.base
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _open_file(path: Path) -> _File | None:
+    """Open ``path`` read-only; return None if it does not exist or is not a regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang the tailer; it is rejected below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return _File(fd, st, path.name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _check_against(f: _File, cp: Position) -> str:
+    """Return "ok", "truncated" or "replaced" for checkpoint ``cp`` on the same inode ``f``."""
+    size = os.fstat(f.fd).st_size
+    if size < cp.offset:
+        return "truncated"
+    data = os.pread(f.fd, cp.fp_len, 0) if cp.fp_len else b""
+    if len(data) != cp.fp_len or _sha256(data) != cp.fingerprint:
+        return "replaced"
+    return "ok"
+
+
+def _end_of_last_line(fd: int, size: int, limit: int) -> int | None:
+    """Return the offset after the last ``\\n`` before ``size`` (0 if there is none).
+
+    Looks back at most about ``limit`` bytes; None when no newline is that close (the last
+    line is too long anyway).
+    """
+    end = size
+    while end > 0:
+        start = max(0, end - _SCAN_BLOCK)
+        block = os.pread(fd, end - start, start)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        if size - start > limit:
+            return None
+        end = start
+    return 0
+
+
+class Tailer:
+    """Follow one log path across rotation, truncation, deletion and re-creation."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_line_bytes: int = 65536,
+        poll_interval: float = 0.1,
+        read_size: int = 1 << 20,
+        rotate_grace: float = 1.0,
+    ) -> None:
+        """Configure the tailer; nothing is opened until ``open``."""
+        if max_line_bytes < 1 or read_size < 1:
+            raise ValueError("max_line_bytes and read_size must be positive")
+        if poll_interval <= 0 or rotate_grace < 0:
+            raise ValueError("poll_interval must be positive and rotate_grace not negative")
+        self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
+        self.poll_interval = poll_interval
+        self.read_size = read_size
+        self.rotate_grace = rotate_grace
+        self.last_error: str | None = None
+        """Last transient error while polling (e.g. the new file not yet readable)."""
+        self._cur: _File | None = None
+        self._prev: _File | None = None  # file before the last switch, kept for rewind
+        self._next: _File | None = None  # file to switch to after a rewind into _prev
+        self._last: Position = NO_FILE  # end of the last emitted chunk
+        self._acc: _Acc | None = None
+        self._pending_event: str | None = None
+        self._caught_up = False
+
+    # ------------------------------------------------------------------ positioning
+
+    def open(self, checkpoint: Position | None, *, from_end: bool = False) -> str:
+        """Position the tailer at ``checkpoint`` (or a fresh start); return the decision.
+
+        Decisions: ``"resumed"``, ``"resumed from rotated file NAME"`` (the checkpoint's
+        file was renamed in the same directory: it is drained first), ``"truncated"``,
+        ``"checkpoint file replaced: starting at 0"``, ``"new file"``, ``"from end"``,
+        ``"waiting for file"``.  The first chunk's ``start`` is ``checkpoint`` when given.
+        A missing file (or directory) is waited for; other errors opening an existing
+        file (e.g. ``PermissionError``) are raised.
+        """
+        self.close()
+        if checkpoint is None:
+            f = _open_file(self.path)
+            if f is None:
+                self._last = NO_FILE
+                return "waiting for file"
+            self._cur = f
+            if not from_end:
+                self._last = f.position()
+                return "new file"
+            size = os.fstat(f.fd).st_size
+            off = _end_of_last_line(f.fd, size, self.max_line_bytes)
+            if off is None:
+                # The last line is already too long: start at the end, drop its rest.
+                f.seek(size)
+                f.skip_head = b""
+                f.skip_emit = False
+            else:
+                f.seek(off)
+            self._last = f.position()
+            return "from end"
+
+        self._last = checkpoint
+        f = _open_file(self.path)
+        if f is not None and f.ident == (checkpoint.dev, checkpoint.inode):
+            verdict = _check_against(f, checkpoint)
+            self._cur = f
+            if verdict == "ok":
+                f.seek(checkpoint.offset)
+                return "resumed"
+            return "truncated" if verdict == "truncated" else _REPLACED
+        old = self._find_rotated(checkpoint)
+        if old is not None:
+            # Drain the rotated file from the checkpoint; the usual rotation logic then
+            # switches to the file at the path.
+            if f is not None:
+                f.close()
+            old.seek(checkpoint.offset)
+            self._cur = old
+            return f"resumed from rotated file {old.name}"
+        if f is None:
+            return "waiting for file"
+        self._cur = f
+        return _REPLACED
+
+    def _find_rotated(self, cp: Position) -> _File | None:
+        """Find the checkpoint's file by dev+inode+fingerprint in the path's directory."""
+        try:
+            it = os.scandir(self.path.parent)
+        except OSError:
+            return None
+        with it:
+            for entry in it:
+                try:
+                    if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue
+                f = _open_file(Path(entry.path))
+                if f is None:
+                    continue
+                if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
+                    return f
+                f.close()
+        return None
+
+    def rewind(self, pos: Position) -> None:
+        """Discard buffers and continue from ``pos``, a committed position.
+
+        ``pos`` must be on the current file, on the previous file of a rotation (which is
+        then replayed) or a previous chunk's start/end; anything else is treated like
+        ``open(pos)``.
+        """
+        self._acc = None
+        self._pending_event = None
+        self._caught_up = False
+        key = (pos.dev, pos.inode)
+        cur, prev, nxt = self._cur, self._prev, self._next
+        if cur is not None and cur.ident == key:
+            cur.seek(pos.offset)
+            self._drop_prev()
+        elif prev is not None and prev.ident == key:
+            # Replay the rotation: drain the old file again, then switch to the current one.
+            if nxt is not None:
+                nxt.close()
+            self._next, self._cur, self._prev = cur, prev, None
+            prev.seek(pos.offset)
+        elif nxt is not None and nxt.ident == key:
+            self._drop_prev()
+            if cur is not None:
+                cur.close()
+            self._cur, self._next = nxt, None
+            nxt.seek(pos.offset)
+        elif key == (NO_FILE.dev, NO_FILE.inode):
+            # Back to before the first file appeared: replay its appearance (if it did).
+            if cur is not None:
+                first = prev if prev is not None else cur
+                if nxt is not None:
+                    nxt.close()
+                self._cur, self._prev, self._next = first, None, (cur if first is prev else None)
+                first.seek(0)
+                self._pending_event = "appeared"
+        else:
+            self.open(pos)
+            return
+        self._last = pos
+
+    def committed(self, pos: Position) -> None:
+        """Note that ``pos`` is durably committed: release the old file once past it.
+
+        Optional; without it the previous file of a rotation stays open until the next
+        rotation, ``rewind`` to the current file, or ``close``.
+        """
+        if self._cur is not None and self._cur.ident == (pos.dev, pos.inode):
+            self._drop_prev()
+
+    def _drop_prev(self) -> None:
+        if self._prev is not None:
+            self._prev.close()
+            self._prev = None
+
+    def close(self) -> None:
+        """Close every descriptor and forget buffered data."""
+        for f in (self._cur, self._prev, self._next):
+            if f is not None:
+                f.close()
+        self._cur = self._prev = self._next = None
+        self._acc = None
+        self._pending_event = None
+        self._caught_up = False
+
+    # ------------------------------------------------------------------ reading
+
+    async def next_chunk(self, max_lines: int, max_wait: float) -> Chunk:
+        """Wait for the next chunk of at most ``max_lines`` lines.
+
+        Returns as soon as ``max_lines`` lines are ready or an event ends the chunk, else
+        once ``max_wait`` seconds have passed with at least one line or an event ready;
+        otherwise sleeps ``poll_interval`` between checks.  Cancellation loses nothing:
+        lines collected so far are returned by the next call.
+        """
+        if max_lines < 1:
+            raise ValueError("max_lines must be positive")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while True:
+            outcome = self._step(max_lines, immediate=False)
+            acc = self._acc
+            assert acc is not None
+            if outcome in (_FULL, _CLOSED):
+                return self._emit()
+            delay = self.poll_interval
+            if acc.ready:
+                now = loop.time()
+                if now >= deadline:
+                    return self._emit()
+                delay = min(delay, deadline - now)
+            await asyncio.sleep(delay)
+
+    def read_available(self, max_lines: int) -> Chunk | None:
+        """Return what can be read now without waiting (None if nothing).
+
+        Unlike ``next_chunk`` it does not honour ``rotate_grace``: a rotated file that is
+        at its end is left at once, so ``--once`` can drain everything in one pass.
+        """
+        if max_lines < 1:
+            raise ValueError("max_lines must be positive")
+        self._step(max_lines, immediate=True)
+        acc = self._acc
+        assert acc is not None
+        return self._emit() if acc.ready else None
+
+    def at_eof(self) -> bool:
+        """Return True when the last read hit end of file with nothing ready or pending."""
+        acc = self._acc
+        return self._caught_up and (acc is None or not acc.ready)
+
+    def file_size(self) -> int | None:
+        """Return the size of the file being read (None while there is none)."""
+        if self._cur is None:
+            return None
+        try:
+            return os.fstat(self._cur.fd).st_size
+        except OSError:
+            return None
+
+    def _emit(self) -> Chunk:
+        acc = self._acc
+        assert acc is not None
+        self._acc = None
+        end = acc.end if acc.end is not None else self._position()
+        self._last = end
+        return Chunk(acc.start, end, acc.lines, acc.too_long, acc.event)
+
+    def _position(self) -> Position:
+        return self._cur.position() if self._cur is not None else self._last
+
+    def _begin_event(self, name: str) -> None:
+        """Attach event ``name`` to the chunk that starts now; call before moving on."""
+        acc = self._acc
+        assert acc is not None
+        if acc.ready:
+            # Freeze the chunk at the old position; the event starts the next one.
+            acc.end = self._position()
+            acc.closed = True
+            self._pending_event = name
+        else:
+            acc.event = name
+
+    def _step(self, max_items: int, *, immediate: bool) -> str:
+        """Collect lines into the pending chunk without blocking; return why it stopped."""
+        acc = self._acc
+        if acc is None:
+            acc = self._acc = _Acc(self._last, self._pending_event)
+            self._pending_event = None
+        outcome = _FULL
+        while not acc.closed and acc.count < max_items:
+            f = self._cur
+            if f is None:
+                if self._appear():
+                    continue
+                outcome = _IDLE
+                break
+            if f.take(max_items - acc.count, self.max_line_bytes, acc.lines, acc.too_long):
+                continue
+            if f.read(self.read_size):
+                # Cheap identity check on every read: a copy-truncated file that has grown
+                # past our offset again must restart at 0, not be read from the middle.
+                if not f.prefix_ok():
+                    self._restart(f)
+                continue
+            checked = self._check(f, immediate=immediate)
+            if checked is not None:
+                outcome = checked
+                break
+        else:
+            if acc.closed:
+                outcome = _CLOSED
+        self._caught_up = outcome == _IDLE
+        return outcome
+
+    def _appear(self) -> bool:
+        """Open the path if it exists now (event "appeared"); return whether it did."""
+        try:
+            f = _open_file(self.path)
+        except OSError as exc:  # e.g. created but not yet readable: retry next poll
+            self.last_error = f"{self.path}: {exc}"
+            return False
+        if f is None:
+            return False
+        self._begin_event("appeared")
+        self._cur = f
+        return True
+
+    def _restart(self, f: _File) -> None:
+        """Start ``f`` again at offset 0 after a truncation (event "truncated")."""
+        self._begin_event("truncated")
+        f.seek(0)
+        f.compute_fp()
+
+    def _check(self, f: _File, *, immediate: bool) -> str | None:
+        """Handle end of file on ``f``: truncation, rotation, deletion.
+
+        Returns None when something changed (keep collecting), else ``_IDLE`` or
+        ``_WAITING``.
+        """
+        st = os.fstat(f.fd)
+        if st.st_size < f.read_off or (st.st_size != f.checked_size and not f.prefix_ok()):
+            self._restart(f)
+            return None
+        f.checked_size = st.st_size
+        if st.st_size > f.read_off:
+            return None  # grew between the read and the fstat: read on
+        target = self._next
+        if target is None:
+            try:
+                pst = os.stat(self.path)
+            except (FileNotFoundError, NotADirectoryError):
+                pst = None
+            if pst is None or (pst.st_dev, pst.st_ino) == f.ident:
+                # Same file, or path gone: follow the descriptor we have.
+                f.rot_noticed = None
+                return _IDLE
+        now = time.monotonic()
+        if f.rot_noticed is None:
+            f.rot_noticed = now
+        if not immediate and now - max(f.last_growth, f.rot_noticed) < self.rotate_grace:
+            return _WAITING  # the writer may still be writing to the renamed file
+        if target is None:
+            try:
+                target = _open_file(self.path)
+            except OSError as exc:
+                self.last_error = f"{self.path}: {exc}"
+                return _WAITING
+            if target is None or target.ident == f.ident:
+                if target is not None:
+                    target.close()
+                return _IDLE
+            f.switch_event = "rotated" if st.st_nlink > 0 else "replaced"
+        else:
+            self._next = None
+        acc = self._acc
+        assert acc is not None
+        f.flush_tail(self.max_line_bytes, acc.lines, acc.too_long)
+        self._begin_event(f.switch_event or "rotated")
+        self._drop_prev()
+        self._prev = f
+        self._cur = target
+        target.seek(0)
+        return None

@@ -1,0 +1,128 @@
+"""Property tests: any bytes written in any pieces give exactly the newline-terminated lines."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Tailer
+
+# Bytes rich in newlines and carriage returns, plus runs long enough to exceed TOO_LONG_KEEP.
+segments = st.lists(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from([b"\n", b"\r\n", b"\n\n", b"\r"]),
+        st.integers(min_value=1, max_value=2500).map(lambda n: b"L" * n),
+    ),
+    max_size=25,
+)
+
+
+def expected(content: bytes, max_line: int) -> tuple[list[bytes], list[bytes]]:
+    """Return (lines, too_long) that the tailer must produce for ``content``."""
+    complete = content.split(b"\n")[:-1]
+    lines = [x for x in complete if len(x) <= max_line]
+    too_long = [x[:TOO_LONG_KEEP] for x in complete if len(x) > max_line]
+    return lines, too_long
+
+
+def flatten(chunks: list[Chunk]) -> tuple[list[bytes], list[bytes]]:
+    return [x for c in chunks for x in c.lines], [x for c in chunks for x in c.too_long]
+
+
+def drain(t: Tailer, max_lines: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    while (chunk := t.read_available(max_lines)) is not None:
+        chunks.append(chunk)
+    return chunks
+
+
+# (max_line_bytes, read_size, max_lines): tiny values so every boundary case is exercised.
+sizes = st.tuples(
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=64),
+    st.integers(min_value=1, max_value=5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=segments,
+    cuts=st.lists(st.integers(min_value=0, max_value=60_000), max_size=12),
+    size=sizes,
+    rewind_at=st.integers(min_value=0),
+)
+def test_any_writes_yield_exactly_the_complete_lines(
+    parts: list[bytes], cuts: list[int], size: tuple[int, int, int], rewind_at: int
+) -> None:
+    max_line, read_size, max_lines = size
+    content = b"".join(parts)
+    points = sorted({min(c, len(content)) for c in cuts} | {0, len(content)})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "access.log"
+        path.write_bytes(b"")
+        t = Tailer(path, max_line_bytes=max_line, read_size=read_size, poll_interval=0.01)
+        assert t.open(None) == "new file"
+        chunks: list[Chunk] = []
+        with path.open("ab", buffering=0) as fh:
+            for a, b in itertools.pairwise(points):
+                fh.write(content[a:b])
+                chunks += drain(t, max_lines)
+                assert t.at_eof()
+                cur = t._cur
+                assert cur is not None
+                # Memory bound: never more than one line's worth plus one read buffered.
+                assert len(cur.buf) <= max_line + read_size
+        assert flatten(chunks) == expected(content, max_line)
+        assert all(c.event is None for c in chunks)
+        assert all(0 < len(c.lines) + len(c.too_long) <= max_lines for c in chunks)
+        for before, after in itertools.pairwise(chunks):
+            assert after.start == before.end
+        final = chunks[-1].end.offset if chunks else 0
+        assert final == content.rfind(b"\n") + 1
+
+        # Rewinding to any chunk's start yields the same lines from there on.
+        if chunks:
+            i = rewind_at % len(chunks)
+            t.rewind(chunks[i].start)
+            assert flatten(drain(t, max_lines)) == flatten(chunks[i:])
+        t.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    old_parts=segments,
+    new_parts=segments,
+    size=sizes,
+    cut=st.integers(min_value=0),
+)
+def test_rotation_at_any_point_loses_and_repeats_nothing(
+    old_parts: list[bytes], new_parts: list[bytes], size: tuple[int, int, int], cut: int
+) -> None:
+    max_line, read_size, max_lines = size
+    old, new = b"".join(old_parts), b"".join(new_parts)
+    seen = cut % (len(old) + 1)  # bytes of the old file written before the tailer reads
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "access.log"
+        path.write_bytes(old[:seen])
+        t = Tailer(path, max_line_bytes=max_line, read_size=read_size, poll_interval=0.01)
+        t.open(None)
+        chunks = drain(t, max_lines)
+        with path.open("ab") as fh:
+            fh.write(old[seen:])
+        os.rename(path, Path(tmp) / "access.log.1")
+        path.write_bytes(new)
+        chunks += drain(t, max_lines)
+        t.close()
+    # The unterminated tail of the rotated file is a final line of its own.
+    want_old = expected(old + b"\n" if old and not old.endswith(b"\n") else old, max_line)
+    want_new = expected(new, max_line)
+    assert flatten(chunks) == (want_old[0] + want_new[0], want_old[1] + want_new[1])
+    assert [c.event for c in chunks if c.event] == ["rotated"]
+    for before, after in itertools.pairwise(chunks):
+        assert after.start == before.end

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,6 +22,11 @@ from puppylogd.logs import configure_logging
 # Flags spelt differently from their setting: a repeatable --log-file fills log_files.
 _FLAG_NAMES = {"log_files": "--log-file"}
 COMMANDS = ("run", "migrate", "demo")
+ENV_PREFIX = "PUPPYLOG_"
+ENV_FILE_ENV = "PUPPYLOG_ENV_FILE"
+# Under systemd (ConfigurationDirectory=puppylog) this is /etc/puppylog/puppylogd.env, the
+# unit's EnvironmentFile=; re-reading it is what makes `systemctl reload` see an edit.
+ENV_FILE_NAME = "puppylogd.env"
 
 
 def _is_bool(info: FieldInfo) -> bool:
@@ -54,7 +61,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] 
         else:
             kwargs["metavar"] = name.upper()
             if (choices := _choices(info)) is not None:
-                kwargs["choices"] = choices
+                # Shown in --help, checked by Settings: a bad value then gets the one-line
+                # "invalid setting" error and exit 2, not argparse's usage dump.
+                kwargs["metavar"] = "{" + ",".join(choices) + "}"
         parser.add_argument(flag, **kwargs)
 
 
@@ -66,6 +75,86 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Return the ``PUPPYLOG_*`` assignments of a systemd ``EnvironmentFile=``-style file."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        raise FileNotFoundError(f"environment file {path} does not exist")
+    values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    return {k: v for k, v in values.items() if k.startswith(ENV_PREFIX) and v is not None}
+
+
+def default_env_file() -> tuple[Path | None, bool]:
+    """Return the environment file to (re)read and whether it must exist.
+
+    ``$PUPPYLOG_ENV_FILE`` (required), else ``$CONFIGURATION_DIRECTORY/puppylogd.env`` when
+    systemd set that variable (optional, like ``EnvironmentFile=-``), else none.
+    """
+    if explicit := os.environ.get(ENV_FILE_ENV):
+        return Path(explicit), True
+    if conf := os.environ.get("CONFIGURATION_DIRECTORY"):
+        return Path(conf.split(":")[0]) / ENV_FILE_NAME, False
+    return None, False
+
+
+class ConfigSource:
+    """Settings from the environment, an optional environment file and the CLI flags.
+
+    A running process cannot see its environment being changed, so SIGHUP re-reads the
+    environment file (the unit's ``EnvironmentFile=``). Precedence, at start and on every
+    reload: CLI flags, then the file, then the environment the process started with.
+    A variable that came from the file at start and has since been removed from it is gone.
+    """
+
+    def __init__(self, args: argparse.Namespace, env_file: Path | None, required: bool) -> None:
+        self.args = args
+        self.env_file = env_file
+        self.required = required
+        self.base = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        self.base.pop(ENV_FILE_ENV, None)
+        try:
+            initial = self._file_values()
+        except OSError:
+            initial = {}
+        # Under systemd the file's values are already in our environment: they belong to
+        # the file, not to the base, so removing one from the file removes it here too.
+        for key, value in initial.items():
+            if self.base.get(key) == value:
+                del self.base[key]
+
+    def _file_values(self) -> dict[str, str]:
+        if self.env_file is None:
+            return {}
+        try:
+            return read_env_file(self.env_file)
+        except FileNotFoundError:
+            if self.required:
+                raise
+            return {}
+
+    def load(self) -> Settings:
+        """Build the settings now; on any error the environment is left as it was."""
+        values = {**self.base, **self._file_values()}
+        before = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        _replace_env(values)
+        try:
+            return settings_from_args(self.args)
+        except BaseException:
+            _replace_env(before)
+            raise
+
+
+def _replace_env(values: dict[str, str]) -> None:
+    keep = os.environ.get(ENV_FILE_ENV)
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        if key not in values:
+            del os.environ[key]
+    os.environ.update(values)
+    if keep is not None:
+        os.environ[ENV_FILE_ENV] = keep
 
 
 def _field_comments() -> None:
@@ -96,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="follow the log files (the default command)")
     add_settings_arguments(run)
+    run.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="PUPPYLOG_* assignments read at start and again on SIGHUP (env "
+        f"{ENV_FILE_ENV}; default $CONFIGURATION_DIRECTORY/{ENV_FILE_NAME} under systemd)",
+    )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     add_settings_arguments(
         migrate, only=("dsn", "dsn_file", "state_dir", "log_level", "log_format")
@@ -123,8 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run puppylogd; exit 2 with one clear line on a bad setting, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(_split_command(list(sys.argv[1:] if argv is None else argv)))
+    env_file, required = default_env_file()
+    if getattr(args, "env_file", None) is not None:
+        env_file, required = args.env_file, True
+    source = ConfigSource(args, env_file, required)
     try:
-        settings = settings_from_args(args)
+        settings = source.load()
     except ValidationError as exc:
         print(f"puppylogd: error: {describe_error(exc)}", file=sys.stderr)
         return 2
@@ -145,18 +246,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_migrate(settings))
 
     def reload() -> Settings:
-        return settings_from_args(args)
+        new = source.load()
+        configure_logging(new.log_level, new.log_format)
+        return new
 
     from puppylogd.daemon import Daemon, DaemonError
     from puppylogd.embedded import EmbeddedError
 
+    log = structlog.get_logger("puppylogd")
     try:
         return asyncio.run(Daemon(settings, reload=reload).run())
     except (DaemonError, EmbeddedError) as exc:
-        structlog.get_logger("puppylogd").error("cannot start", error=str(exc))
+        log.error("cannot start", error=str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one clear (JSON) log line instead of a bare traceback
+        log.error("daemon failed", error=repr(exc), exc_info=exc)
+        return 1
 
 
 async def _migrate(settings: Settings) -> int:

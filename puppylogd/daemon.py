@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -27,6 +28,21 @@ log = structlog.get_logger("puppylogd")
 STATUS_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 3600.0
 STOP_GRACE_SECONDS = 20.0
+# Closing connections at exit must not hang on a hung server (systemd would SIGKILL us).
+CLOSE_SECONDS = 5.0
+# How often a log file that cannot be opened (permissions, symlink loop...) is tried again.
+REOPEN_SECONDS = 5.0
+# Delays while registering a stream at start-up fails on the database.
+REGISTER_RETRY_START = 0.25
+REGISTER_RETRY_MAX = 5.0
+
+
+CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *db.DB_ERRORS)
+
+
+def is_file_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` is about a log file (not the database connection)."""
+    return isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError)
 
 
 class DaemonError(Exception):
@@ -81,6 +97,10 @@ class Daemon:
         self._rejects = RateLimitedReporter()
         self._last_progress = time.monotonic()
         self._partition_days: set[date] = set()
+        # Wakes the supervisor when reload adds or removes streams, so it watches them all.
+        self._streams_changed = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[None]] = set()
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -145,7 +165,12 @@ class Daemon:
                 log.info("old partitions dropped", count=dropped, before=cutoff.isoformat())
 
     async def _start_stream(self, path: Path) -> None:
-        """Register one file's stream and start following it in its own named task."""
+        """Register one file's stream and start following it in its own named task.
+
+        The tailer is open when this returns, unless the file cannot be opened (permissions,
+        a symlink loop...): that is logged as an error and retried every few seconds in the
+        stream's task, while the other files carry on. A missing file is simply waited for.
+        """
         ingest = StreamIngest(
             self.settings,
             self.dsn,
@@ -154,17 +179,89 @@ class Daemon:
             on_progress=self._progress,
             on_rejected=self._rejected,
         )
-        await ingest.register()
+        opened = await self._register(ingest)
         stop = asyncio.Event()
-        task = asyncio.create_task(self._run_stream(ingest, stop), name=f"ingest:{path}")
+        task = asyncio.create_task(self._run_stream(ingest, stop, opened), name=f"ingest:{path}")
         self.streams[path] = (ingest, stop, task)
+        self._streams_changed.set()
 
-    async def _run_stream(self, ingest: StreamIngest, stop: asyncio.Event) -> None:
+    async def _register(self, ingest: StreamIngest) -> bool:
+        """Register the stream and open its file; False (logged) if the file cannot be opened.
+
+        Database errors are retried (the database was reachable a moment ago) until stop.
+        """
+        delay = REGISTER_RETRY_START
+        while True:
+            try:
+                await ingest.register()
+                return True
+            except db.DB_ERRORS as exc:
+                if is_file_error(exc):
+                    await self._file_failed(ingest, exc)
+                    return False
+                if self.stop.is_set():
+                    raise
+                log.warning(
+                    "could not register stream; retrying", path=str(ingest.path), error=str(exc)
+                )
+                await ingest.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=delay)
+                delay = min(delay * 2, REGISTER_RETRY_MAX)
+
+    async def _file_failed(self, ingest: StreamIngest, exc: BaseException) -> None:
+        log.error(
+            "cannot open log file; other files carry on, retrying",
+            path=str(ingest.path),
+            error=str(exc),
+            retry_s=self._reopen_seconds(),
+        )
+        # The database part of registering worked: that was a finished round trip. The
+        # stream must not hold the group's time back while its file is unreadable.
+        self._progress()
+        await ingest.mark_stopped()
+
+    def _reopen_seconds(self) -> float:
+        period = self.systemd.watchdog_period()
+        return min(REOPEN_SECONDS, period / 3) if period else REOPEN_SECONDS
+
+    async def _reopen(self, ingest: StreamIngest, stop: asyncio.Event) -> bool:
+        """Retry opening an unreadable file until it works (True) or stop is set (False)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._reopen_seconds())
+            if stop.is_set():
+                break
+            try:
+                await ingest.register()
+            except db.DB_ERRORS as exc:
+                if is_file_error(exc):
+                    self._progress()
+                    await ingest.mark_stopped()
+                    log.debug(
+                        "log file still cannot be opened", path=str(ingest.path), error=str(exc)
+                    )
+                else:
+                    log.warning(
+                        "could not register stream; retrying", path=str(ingest.path), error=str(exc)
+                    )
+                    await ingest.close()
+                continue
+            log.info("log file can be opened now", path=str(ingest.path))
+            return True
+        return False
+
+    async def _run_stream(self, ingest: StreamIngest, stop: asyncio.Event, opened: bool) -> None:
         try:
-            await ingest.run(stop)
+            if opened or await self._reopen(ingest, stop):
+                await ingest.run(stop)
         finally:
-            await ingest.mark_stopped()
-            await ingest.close()
+            # A hung server must not hold up the exit: give closing a bounded time.
+            try:
+                await asyncio.wait_for(ingest.mark_stopped(), timeout=CLOSE_SECONDS)
+                await asyncio.wait_for(ingest.close(), timeout=CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("closing the stream's connection timed out", path=str(ingest.path))
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -180,10 +277,16 @@ class Daemon:
             stored = self._stored()
             rate = (stored - last_stored) / max(now - last_time, 1e-6)
             last_stored, last_time = stored, now
-            self.systemd.status(self._status_text(rate))
+            stalled = now - self._last_progress
+            healthy = stalled < (period if period is not None else 2 * STATUS_SECONDS)
+            text = self._status_text(rate)
+            if not healthy and text != "waiting for database":
+                text = f"database not responding for {stalled:.0f}s; {text}"
+            self.systemd.status(text)
             self._rejects.tick()
             # Progress means a database round trip finished recently (or the server is
-            # plainly down and we are retrying); a hung server stops the pings.
+            # plainly down and we are retrying); a hung server stops the pings, and systemd
+            # restarts us.
             if period is None or now - self._last_progress < period:
                 self.systemd.watchdog_ping()
 
@@ -216,16 +319,43 @@ class Daemon:
     # -- reload and stop ---------------------------------------------------------------
 
     async def reload(self) -> None:
-        """Re-read the configuration: alert settings and the set of files, losing no line."""
-        if self._reload is None:
+        """Re-read the configuration: alert settings and the set of files, losing no line.
+
+        Streams that stay are not touched; removed ones commit what they hold and stop; new
+        ones start. The database, group and state directory are fixed for the process
+        (changing them needs a restart, which is logged).
+        """
+        if self._reload is None or self.stop.is_set():
             return
-        self.systemd.reloading()
+        async with self._reload_lock:
+            if self.stop.is_set():
+                return
+            self.systemd.reloading()
+            try:
+                await self._reload_locked(self._reload)
+            except Exception as exc:  # a failed reload must not kill a running daemon
+                log.error("reload failed", error=repr(exc), exc_info=exc)
+            self.systemd.ready(self._status_text(0.0))
+
+    async def _reload_locked(self, reload: Callable[[], Settings]) -> None:
+        old = self.settings
         try:
-            new = self._reload()
-        except Exception as exc:  # a bad new config must not kill a running daemon
+            new = reload()
+        except Exception as exc:  # a bad new config keeps the old one
             log.error("reload failed; keeping the old configuration", error=str(exc))
-            self.systemd.ready()
             return
+        fixed = ("group", "state_dir", "host")
+        changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
+        try:
+            new_dsn = new.resolved_dsn()
+        except OSError as exc:
+            new_dsn = None
+            log.warning("reload could not read dsn_file", error=str(exc))
+        if new_dsn != old.resolved_dsn():
+            changed.append("dsn")
+        if changed:
+            log.warning("these settings only change on restart", settings=changed)
+            new = new.model_copy(update={name: getattr(old, name) for name in fixed})
         self.settings = new
         try:
             if self._control is None or self._control.is_closed():
@@ -233,17 +363,34 @@ class Daemon:
             await self._register_group()
         except db.DB_ERRORS as exc:
             log.error("reload could not update the group", error=str(exc))
+            self._control = None
         wanted = set(new.log_files)
         for path in list(self.streams):
             if path not in wanted:
                 _, stop, task = self.streams.pop(path)
+                self._streams_changed.set()
                 stop.set()
-                await task
+                (result,) = await asyncio.gather(task, return_exceptions=True)
+                if isinstance(result, BaseException):
+                    log.error("stream failed while stopping", path=str(path), error=repr(result))
                 log.info("stopped following", path=str(path))
         for path in sorted(wanted - set(self.streams)):
+            if self.stop.is_set():
+                break
             await self._start_stream(path)
-        log.info("configuration reloaded", files=[str(p) for p in wanted])
-        self.systemd.ready()
+            log.info("following", path=str(path))
+        log.info(
+            "configuration reloaded",
+            files=[str(p) for p in new.log_files],
+            threshold=new.threshold,
+            recovery_threshold=new.recovery_threshold,
+            window_seconds=new.window_seconds,
+        )
+
+    def _on_reload_signal(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         def on_stop(signame: str) -> None:
@@ -253,7 +400,7 @@ class Daemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
 
     # -- main -------------------------------------------------------------------------
 
@@ -270,9 +417,16 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for task in list(self._reload_tasks):
+                task.cancel()
+            await asyncio.gather(*self._reload_tasks, return_exceptions=True)
             if self._control is not None and not self._control.is_closed():
-                await self._control.close()
+                try:
+                    await asyncio.wait_for(self._control.close(), timeout=CLOSE_SECONDS)
+                except CLOSE_ERRORS:
+                    self._control.terminate()
             if self.cluster is not None and self._own_cluster:
+                log.info("stopping embedded database", state_dir=str(self.settings.state_dir))
                 await asyncio.to_thread(self.cluster.stop)
 
     async def _run_once(self) -> int:
@@ -297,14 +451,36 @@ class Daemon:
         log.info("once: done", stored=stored, rejected=rejected)
         return 0
 
+    def _task_died(self, task: asyncio.Task[Any], helpers: list[asyncio.Task[None]]) -> bool:
+        """Handle a finished task; return True (after logging why) if the daemon must end."""
+        current = any(v[2] is task for v in self.streams.values())
+        if not current and task not in helpers:
+            return False  # a stream that reload removed: reload reports how it ended
+        if task.cancelled():
+            log.error("task cancelled", task=task.get_name())
+            return True
+        exc = task.exception()
+        if exc is not None:
+            log.error("task died", task=task.get_name(), error=repr(exc), exc_info=exc)
+            return True
+        if task in helpers:
+            log.error("task ended unexpectedly", task=task.get_name())
+            return True
+        # A stream ended on its own (it only does when told to stop): forget it.
+        self.streams = {p: v for p, v in self.streams.items() if v[2] is not task}
+        return False
+
     async def _run_forever(self) -> int:
         for path in self.settings.log_files:
+            if self.stop.is_set():
+                break
             await self._start_stream(path)
         helpers = [
             asyncio.create_task(self._status_loop(), name="status"),
             asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
         ]
-        self.systemd.ready(self._status_text(0.0))
+        if not self.stop.is_set():
+            self.systemd.ready(self._status_text(0.0))
         log.info(
             "ready",
             files=[str(p) for p in self.settings.log_files],
@@ -315,19 +491,19 @@ class Daemon:
         exit_code = 0
         try:
             while not self.stop.is_set():
+                self._streams_changed.clear()
+                changed = asyncio.create_task(self._streams_changed.wait(), name="streams-changed")
                 tasks = {t for _, _, t in self.streams.values()} | set(helpers) | {stopper}
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done - {stopper}:
-                    if task.cancelled() or (task.exception() is None and task in helpers):
-                        continue
-                    exc = task.exception()
-                    if exc is not None:
-                        log.error("task died", task=task.get_name(), error=repr(exc), exc_info=exc)
+                try:
+                    done, _ = await asyncio.wait(
+                        tasks | {changed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    changed.cancel()
+                for task in done - {stopper, changed}:
+                    if self._task_died(task, helpers):
                         exit_code = 1
                         self.stop.set()
-                    else:
-                        # A stream ended on its own (reload removed it): forget it.
-                        self.streams = {p: v for p, v in self.streams.items() if v[2] is not task}
         finally:
             for _, stop, _ in self.streams.values():
                 stop.set()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -34,6 +35,9 @@ BACKOFF_MAX = 10.0
 # Records dated further ahead than this are rejected: they would hold partitions hostage.
 FUTURE_LIMIT = timedelta(days=1)
 NO_PARTITION = "no partition of relation"
+# While a batch's transaction runs, check this often that its connection is still alive:
+# asyncpg can wait forever in a COPY whose backend was terminated.
+CONN_CHECK_SECONDS = 0.5
 
 
 class CheckpointConflict(Exception):
@@ -153,6 +157,14 @@ class StreamIngest:
         self._max_ts = row["max_ts"]
         self._committed = position_from_row(row)
         decision = self._tailer.open(self._committed, from_end=self.settings.from_end)
+        if self._committed is None and decision == "from end":
+            # Make the starting point durable at once: a restart (or a rewind after a failed
+            # first batch) must resume here, not skip again what was appended meanwhile.
+            start = self._tailer.position
+            chunk = Chunk(start=start, end=start, lines=[], too_long=[])
+            await self._commit(
+                Batch(chunk, [], [], None, caught_up=False, file_size=self._tailer.file_size())
+            )
         log.info("stream opened", path=str(self.path), stream_id=self.stream_id, how=decision)
         return decision
 
@@ -171,8 +183,10 @@ class StreamIngest:
             self._max_ts = row["max_ts"]
             self._committed = position
             if position is None:
+                # Nothing committed yet (a --from-end start is committed by ``register``):
+                # the file appeared after the start, so all of it is new.
                 self._tailer.close()
-                self._tailer.open(None, from_end=self.settings.from_end)
+                self._tailer.open(None, from_end=False)
             else:
                 self._tailer.rewind(position)
             return
@@ -240,12 +254,36 @@ class StreamIngest:
         conn = await self._connection()
         await self._ensure_partitions(conn, batch.rows)
         try:
-            await self._write(conn, batch)
+            await self._guarded(conn, self._write(conn, batch))
         except asyncpg.PostgresError as exc:
             if NO_PARTITION not in str(exc):
                 raise
             await self._ensure_all_partitions(conn, batch.rows)
-            await self._write(conn, batch)
+            await self._guarded(conn, self._write(conn, batch))
+
+    async def _guarded(self, conn: asyncpg.Connection, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on ``conn``; give up as soon as the connection is seen closed.
+
+        A backend terminated in the middle of a COPY can leave asyncpg waiting forever on a
+        closed connection; the batch then counts as failed (rewind to the checkpoint).
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CONN_CHECK_SECONDS)
+                if done:
+                    task.result()
+                    return
+                if conn.is_closed():
+                    raise asyncpg.ConnectionDoesNotExistError(
+                        "connection closed while a batch was being written"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=CONN_CHECK_SECONDS)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the caller already has (or ignores) it
 
     async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
         """Run the batch's transaction: COPY rows, COPY rejects, compare-and-set checkpoint."""
@@ -373,10 +411,7 @@ class StreamIngest:
                             await self._heartbeat()
                         continue
                     await self._commit(getter.result())
-                # Stop: commit every batch already read, then leave.
-                producer.cancel()
-                while not queue.empty():
-                    await self._commit(queue.get_nowait())
+                await self._flush_on_stop(producer, queue)
             except FAILURES as exc:
                 failed = True
                 # Stop reading ahead before rewinding, so the tailer is not moved under it.
@@ -389,6 +424,28 @@ class StreamIngest:
                 await asyncio.gather(producer, stopper, return_exceptions=True)
             if not failed:
                 return
+
+    async def _flush_on_stop(
+        self, producer: asyncio.Task[None], queue: asyncio.Queue[Batch]
+    ) -> None:
+        """Commit what was read before the stop: queued batches, then the lines in hand.
+
+        The reader may have been cancelled while handing a batch to the full queue, so read
+        again from the committed checkpoint (a few batches at most) rather than trust that
+        every batch it made reached the queue.
+        """
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+        while not queue.empty():
+            await self._commit(queue.get_nowait())
+        if self._committed is not None:
+            self._tailer.rewind(self._committed)
+        # Queue size + the batch being handed over + the one gathering: all that was read.
+        for _ in range(queue.maxsize + 2):
+            chunk = self._tailer.read_available(self.settings.batch_lines)
+            if chunk is None:
+                break
+            await self._commit(self._prepare(chunk))
 
     async def run_once(self) -> None:
         """Store what the file holds now, close its time at its last timestamp, and return."""

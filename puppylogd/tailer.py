@@ -580,6 +580,11 @@ class Tailer:
         assert acc is not None
         return self._emit() if acc.ready else None
 
+    @property
+    def position(self) -> Position:
+        """Return where the next chunk starts (after ``open``: the starting position)."""
+        return self._last
+
     def at_eof(self) -> bool:
         """Return True when the last read hit end of file with nothing ready or pending."""
         acc = self._acc

@@ -1,0 +1,95 @@
+"""The ``puppylogd`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import pg
+from tests.integration.helpers import query_rows, query_val, run_cli
+
+MIGRATIONS = sorted(p.stem for p in (Path(__file__).parents[2] / "migrations").glob("*.sql"))
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "setting"),
+    [
+        (["--threshold", "abc"], {}, "threshold"),
+        ([], {"PUPPYLOG_BATCH_LINES": "0"}, "batch_lines"),
+        (["--log-format", "xml"], {}, "log_format"),
+        (["run", "--batch-ms", "-5"], {}, "batch_ms"),
+        ([], {"PUPPYLOG_LOG_FORMAT": "xml"}, "log_format"),
+        (["migrate", "--log-level", "loud"], {}, "log_level"),
+    ],
+)
+def test_bad_setting_exits_2_with_one_line(
+    args: list[str], env: dict[str, str], setting: str
+) -> None:
+    """A bad value: exit 2, one stderr line naming the setting, no traceback, no usage."""
+    result = run_cli(*args, env=env, timeout=30)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("puppylogd: error: invalid setting "), lines[0]
+    assert setting in lines[0]
+    flag = "--" + setting.replace("_", "-")
+    assert flag in lines[0]
+    assert f"PUPPYLOG_{setting.upper()}" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def empty_dsn(pg_server: pg.PgServer) -> Iterator[str]:
+    """Yield the DSN of a new database without puppylog's schema; dropped afterwards."""
+    name = pg.unique_name("e")
+    pg.run_async(lambda: pg.create_database(pg_server.admin_dsn, name))
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        pg.run_async(lambda: pg.drop_database(pg_server.admin_dsn, name))
+
+
+def test_migrate_applies_then_is_a_no_op(empty_dsn: str) -> None:
+    """``puppylogd migrate`` creates the schema; running it again changes nothing."""
+    assert query_val(empty_dsn, "SELECT to_regnamespace('puppylog') IS NULL") is True
+
+    first = run_cli("migrate", "--dsn", empty_dsn, env={"PUPPYLOG_LOG_FORMAT": "json"})
+    assert first.returncode == 0, first.stderr
+    assert "migrations applied" in first.stdout + first.stderr
+    recorded = query_rows(empty_dsn, "SELECT * FROM puppylog.schema_migrations")
+    assert len(recorded) == len(MIGRATIONS) >= 2
+    tables = query_val(
+        empty_dsn,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'puppylog' "
+        "AND tablename IN ('log_groups', 'log_streams', 'log_records', 'rejected_lines')",
+    )
+    assert tables == 4
+
+    second = run_cli("migrate", "--dsn", empty_dsn, env={"PUPPYLOG_LOG_FORMAT": "json"})
+    assert second.returncode == 0, second.stderr
+    assert "schema is up to date" in second.stdout + second.stderr
+    again = query_rows(empty_dsn, "SELECT * FROM puppylog.schema_migrations")
+    assert [tuple(r) for r in again] == [tuple(r) for r in recorded]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["migrate", "--help"]])
+def test_help(args: list[str]) -> None:
+    """--help prints usage and exits 0, naming the main flags."""
+    result = run_cli(*args, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: puppylogd")
+    assert "--dsn" in result.stdout or "COMMAND" in result.stdout
+    assert result.stderr == ""
+
+
+def test_run_help_lists_every_setting() -> None:
+    """Every setting is a flag of ``puppylogd run``, with its environment variable."""
+    result = run_cli("run", "--help", timeout=30)
+    text = " ".join(result.stdout.split())
+    for flag in ("--log-file", "--once", "--from-end", "--threshold", "--batch-lines"):
+        assert flag in text
+    assert "PUPPYLOG_BATCH_LINES" in text
+    assert "{auto,pretty,json}" in text

@@ -1,0 +1,349 @@
+"""The real daemon (a subprocess) tailing real files into real PostgreSQL, exactly once.
+
+Every line written carries a unique id in its path, so ``count(*) = count(DISTINCT path)``
+proves there are no duplicates and the exact row count proves there are no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ClusterFactory
+from tests.integration.helpers import (
+    Counts,
+    DaemonProcess,
+    append,
+    clf_line,
+    clf_lines,
+    clf_time,
+    count_rows,
+    counts,
+    query_rows,
+    query_val,
+    recent,
+    reject_reasons,
+    run_once,
+    start_daemon,
+    wait_for,
+)
+
+# Fast commits and polling keep the live tests short.
+LIVE: dict[str, Any] = {"batch_ms": 20, "poll_interval": 0.02}
+KILL9_COUNTS_FILE = Path("/tmp/puppylog-kill9-counts.txt")
+
+
+def wait_rows(
+    dsn: str, expected: int, timeout: float = 20.0, daemon: DaemonProcess | None = None
+) -> None:
+    """Wait until exactly ``expected`` records are stored (fail on more, or on timeout)."""
+
+    def message() -> str:
+        text = f"{expected} records stored (have {count_rows(dsn)})"
+        if daemon is not None:
+            text += "\n" + daemon.output()[-6000:]
+        return text
+
+    def done() -> bool:
+        n = count_rows(dsn)
+        assert n <= expected, f"{n} records stored, only {expected} lines were written"
+        return n == expected
+
+    wait_for(done, timeout, interval=0.05, message=message)
+
+
+def assert_exactly(dsn: str, rows: int, rejected: int = 0) -> Counts:
+    """Assert the database holds exactly ``rows`` distinct records and ``rejected`` rejects."""
+    c = counts(dsn)
+    assert c.duplicates == 0, c
+    assert c == Counts(rows, rows, rejected, rows, rejected)
+    return c
+
+
+def invalid_lines(long_line_bytes: int) -> dict[str, list[bytes]]:
+    """Return invalid lines by the reason they must be rejected with."""
+    now = recent(30)
+    req = '"GET /bad HTTP/1.1"'
+    good_ts = clf_time(now)
+    return {
+        "malformed": [b"garbage\n", b"\n", b"1.2.3.4 - -\n"],
+        "bad date": [f"1.2.3.4 - - [31/Feb/2026:10:00:00 +0000] {req} 200 1\n".encode()],
+        "bad status": [f"1.2.3.4 - - [{good_ts}] {req} abc 1\n".encode()],
+        "empty request": [f'1.2.3.4 - - [{good_ts}] "-" 400 1\n'.encode()],
+        "invalid utf-8": [f"1.2.3.4 - - [{good_ts}] ".encode() + b'"GET /\xff HTTP/1.1" 200 1\n'],
+        "control bytes": [f"1.2.3.4 - - [{good_ts}] ".encode() + b'"GET /\x01 HTTP/1.1" 200 1\n'],
+        "timestamp too old": [clf_line(-1, now - timedelta(days=10))],
+        "timestamp in the future": [clf_line(-2, now + timedelta(days=3))],
+        "line too long": [clf_line(-3, now, section="x" * long_line_bytes)],
+    }
+
+
+def test_exact_counts_valid_and_invalid(db_dsn: str, tmp_path: Path) -> None:
+    """Every valid line is one record; every invalid one is one rejected line with its reason."""
+    log = tmp_path / "access.log"
+    bad = invalid_lines(400)
+    ts = recent(60)
+    data = bytearray()
+    valid = 0
+    for i, lines in enumerate(bad.values()):
+        data += clf_lines(valid, 50 + i, ts)
+        valid += 50 + i
+        data += b"".join(lines)
+    data += clf_line(valid, ts, user="james", size=None)  # "-" size stored as NULL
+    valid += 1
+    data += clf_line(valid, ts).replace(b"\n", b"\r\n")  # trailing \r is accepted
+    valid += 1
+    append(log, bytes(data))
+    invalid = sum(len(v) for v in bad.values())
+
+    run_once(db_dsn, log, max_line_bytes=256)
+
+    assert_exactly(db_dsn, valid, invalid)
+    assert reject_reasons(db_dsn) == {reason: len(lines) for reason, lines in bad.items()}
+    (row,) = query_rows(
+        db_dsn,
+        "SELECT auth_user, bytes, ident, section FROM puppylog.log_records WHERE path = $1",
+        f"/pages/id-{valid - 2}",
+    )
+    assert dict(row) == {"auth_user": "james", "bytes": None, "ident": None, "section": "/pages"}
+    stream = query_rows(
+        db_dsn, "SELECT byte_offset, lines_stored, lines_rejected FROM puppylog.log_streams"
+    )
+    assert [tuple(r) for r in stream] == [(len(data), valid, invalid)]
+
+
+def test_once_is_idempotent_and_appends_exactly(db_dsn: str, tmp_path: Path) -> None:
+    """Re-running --once adds nothing; after an append it adds exactly the new lines."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 1000, recent(120)) + b"junk\n")
+    run_once(db_dsn, log)
+    assert_exactly(db_dsn, 1000, 1)
+
+    run_once(db_dsn, log)
+    assert_exactly(db_dsn, 1000, 1)
+
+    append(log, clf_lines(1000, 234, recent(60)) + b"more junk\n")
+    run_once(db_dsn, log)
+    assert_exactly(db_dsn, 1234, 2)
+
+    run_once(db_dsn, log)
+    assert_exactly(db_dsn, 1234, 2)
+
+
+KILL9_LINES = 300_000
+KILL9_BAD_EVERY = 1000  # one invalid line per this many
+
+
+def big_file(path: Path) -> tuple[int, int]:
+    """Write the kill -9 test's file; return (valid, invalid) line counts."""
+    base = recent(600)
+    valid = invalid = 0
+    with open(path, "wb") as f:
+        for block in range(KILL9_LINES // KILL9_BAD_EVERY):
+            # Timestamps step one second per block: 300 s of history ending near now.
+            start = block * (KILL9_BAD_EVERY - 1)
+            f.write(clf_lines(start, KILL9_BAD_EVERY - 1, base + timedelta(seconds=block)))
+            f.write(b"not a log line %d\n" % block)
+            valid += KILL9_BAD_EVERY - 1
+            invalid += 1
+    return valid, invalid
+
+
+def test_kill9_during_large_ingest_then_restart(db_dsn: str, tmp_path: Path) -> None:
+    """kill -9 mid-ingest, restart: every valid line stored exactly once, nothing lost."""
+    log = tmp_path / "big.log"
+    valid, invalid = big_file(log)
+    assert valid + invalid == KILL9_LINES
+
+    settings: dict[str, Any] = {**LIVE, "batch_lines": 5000}
+    with start_daemon(db_dsn, log, **settings) as daemon:
+        wait_for(
+            lambda: count_rows(db_dsn) >= 100_000,
+            30,
+            interval=0.01,
+            message=lambda: f"first rows committed\n{daemon.output()[-3000:]}",
+        )
+        daemon.kill9()
+    at_kill = counts(db_dsn)
+    assert at_kill.duplicates == 0, at_kill
+    # The kill must have landed mid-ingest, or this test proves nothing.
+    assert 0 < at_kill.rows < valid, at_kill
+
+    with start_daemon(db_dsn, log, **settings) as daemon:
+        wait_rows(db_dsn, valid, timeout=60)
+        wait_for(lambda: counts(db_dsn).lines_rejected == invalid, 10, message="rejects")
+        assert daemon.stop() == 0, daemon.output()[-3000:]
+    final = assert_exactly(db_dsn, valid, invalid)
+    distinct = int(query_val(db_dsn, "SELECT count(DISTINCT path) FROM puppylog.log_records"))
+
+    report = (
+        f"kill -9 test: {KILL9_LINES} lines written ({valid} valid, {invalid} invalid); "
+        f"at kill -9: {at_kill.rows} records committed; after restart: {final.rows} records, "
+        f"{distinct} distinct paths, {final.duplicates} duplicates, "
+        f"{final.rejected_lines} rejected lines (lines_rejected {final.lines_rejected})"
+    )
+    print(report)
+    KILL9_COUNTS_FILE.write_text(report + "\n", encoding="utf-8")
+
+
+def test_rename_rotation_and_copytruncate_while_running(db_dsn: str, tmp_path: Path) -> None:
+    """Lines before, during and after a rename rotation and a copytruncate: each stored once."""
+    log = tmp_path / "access.log"
+    n = 0
+
+    def write(count: int, path: Path = log) -> None:
+        nonlocal n
+        append(path, clf_lines(n, count, recent(30)))
+        n += count
+
+    write(500)
+    with start_daemon(db_dsn, log, **LIVE) as daemon:
+        wait_rows(db_dsn, 500)
+        write(100)
+
+        # Rename rotation: the writer keeps writing to the renamed file for a moment.
+        os.rename(log, tmp_path / "access.log.1")
+        write(300, tmp_path / "access.log.1")
+        write(200)  # the new file at the path
+        time.sleep(0.2)
+        write(50, tmp_path / "access.log.1")  # a late write to the old file, within the grace
+        write(150)
+        wait_rows(db_dsn, n)
+
+        # copytruncate: copy, then truncate in place; the writer goes on appending.
+        shutil.copyfile(log, tmp_path / "access.log.2")
+        os.truncate(log, 0)
+        write(10)  # shorter than before: size shrinks below the offset
+        wait_rows(db_dsn, n)
+        write(40)
+
+        # copytruncate again, now growing past the old offset before the daemon looks.
+        wait_rows(db_dsn, n)
+        os.truncate(log, 0)
+        write(2000)
+        wait_rows(db_dsn, n)
+        daemon.assert_running()
+        assert daemon.stop() == 0
+        logged = [json.loads(x) for x in daemon.output().splitlines() if x.startswith("{")]
+        events = [entry.get("event_") for entry in logged]
+    assert_exactly(db_dsn, n)
+    assert n == 3350
+    # The daemon saw each change for what it was (not, say, a replaced file read from 0).
+    assert events.count("rotated") == 1, events
+    assert events.count("truncated") == 2, events
+
+
+def test_partial_line_is_stored_once_completed(db_dsn: str, tmp_path: Path) -> None:
+    """A last line without its newline waits; once completed it is stored exactly once."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 10, recent(30)))
+    line = clf_line(10, recent(30))
+    with start_daemon(db_dsn, log, **LIVE) as daemon:
+        wait_rows(db_dsn, 10)
+        append(log, line[:25])
+        time.sleep(0.5)  # many batch_ms and poll intervals
+        append(log, line[25:-1])
+        time.sleep(0.5)
+        assert count_rows(db_dsn) == 10
+        append(log, b"\n")
+        wait_rows(db_dsn, 11)
+        append(log, clf_lines(11, 5, recent(30)))
+        wait_rows(db_dsn, 16)
+        assert daemon.stop() == 0
+    assert_exactly(db_dsn, 16)
+    paths = query_val(
+        db_dsn, "SELECT count(*) FROM puppylog.log_records WHERE path = $1", "/pages/id-10"
+    )
+    assert paths == 1
+
+
+def terminate_daemon_backends(dsn: str) -> int:
+    """pg_terminate_backend every connection of a puppylogd; return how many."""
+    return int(
+        query_val(
+            dsn,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'puppylogd'",
+        )
+    )
+
+
+def test_database_restart_and_terminated_backends(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """The server stops and comes back, its backends are killed: the daemon carries on."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "access.log"
+    n = 0
+
+    def write(count: int) -> None:
+        nonlocal n
+        append(log, clf_lines(n, count, recent(30)))
+        n += count
+
+    write(1000)
+    with start_daemon(dsn, log, **LIVE) as daemon:
+        wait_rows(dsn, 1000)
+
+        cluster.stop()
+        write(700)
+        time.sleep(1.0)
+        write(300)
+        daemon.assert_running()
+        cluster.start()
+        write(500)
+        wait_rows(dsn, n, timeout=30, daemon=daemon)
+        daemon.assert_running()
+
+        # Kill the daemon's backends: once while idle, then repeatedly during a backlog so
+        # that some kills land inside a batch's transaction (COPY or COMMIT).
+        assert terminate_daemon_backends(dsn) >= 1
+        write(100_000)
+        for _ in range(15):
+            time.sleep(0.04)
+            terminate_daemon_backends(dsn)
+        wait_rows(dsn, n, timeout=30, daemon=daemon)
+        daemon.assert_running()
+        assert daemon.stop() == 0, daemon.output()[-3000:]
+        out = daemon.output()
+    assert_exactly(dsn, n)
+    assert n == 102_500
+    assert "waiting for database" in out
+    assert "database connection lost" in out
+
+
+def test_from_end_skips_existing_lines_on_first_start(db_dsn: str, tmp_path: Path) -> None:
+    """--from-end: what the file holds at first start is skipped, new lines are stored."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 100, recent(30)))
+    with start_daemon(db_dsn, log, from_end=True, **LIVE) as daemon:
+        wait_for(lambda: '"ready"' in daemon.output(), 20, message="daemon ready")
+        append(log, clf_lines(1000, 10, recent(20)))
+        wait_rows(db_dsn, 10)
+        time.sleep(0.3)
+        assert daemon.stop() == 0
+    assert_exactly(db_dsn, 10)
+    paths = {r["path"] for r in query_rows(db_dsn, "SELECT path FROM puppylog.log_records")}
+    assert paths == {f"/pages/id-{i}" for i in range(1000, 1010)}
+
+
+def test_from_end_position_survives_a_kill_before_any_new_line(db_dsn: str, tmp_path: Path) -> None:
+    """The --from-end starting point is durable: lines added while the daemon is down count."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 100, recent(30)))
+    with start_daemon(db_dsn, log, from_end=True, **LIVE) as daemon:
+        wait_for(lambda: '"ready"' in daemon.output(), 20, message="daemon ready")
+        daemon.kill9()
+    append(log, clf_lines(1000, 10, recent(20)))
+    with start_daemon(db_dsn, log, from_end=True, **LIVE) as daemon:
+        wait_rows(db_dsn, 10, daemon=daemon)
+        append(log, clf_lines(2000, 5, recent(10)))
+        wait_rows(db_dsn, 15, daemon=daemon)
+        assert daemon.stop() == 0
+    assert_exactly(db_dsn, 15)

@@ -1,0 +1,131 @@
+"""SIGHUP reloads puppylogd's configuration (threshold and files) without losing a line.
+
+A running process cannot see changes to its environment, so the daemon re-reads its
+environment file (``$PUPPYLOG_ENV_FILE``; under systemd ``$CONFIGURATION_DIRECTORY``/
+``puppylogd.env``, the unit's ``EnvironmentFile=``) on SIGHUP, on top of the environment it
+started with and below its original command-line flags.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Fixtures shared with the systemd tests.
+from tests.integration.test_daemon_systemd import (  # noqa: F401
+    DaemonProc,
+    NotifySocket,
+    append,
+    assert_clean_json_logs,
+    lines,
+    notify,
+    query,
+    spawn,
+    stored,
+    wait_for,
+    workdir,
+)
+
+THRESHOLD_SQL = "SELECT threshold FROM puppylog.log_groups WHERE name = 'default'"
+
+
+class Writer(threading.Thread):
+    """Append a few lines every 20 ms until stopped; count what was written."""
+
+    def __init__(self, path: Path, tag: str) -> None:
+        super().__init__(daemon=True)
+        self.path, self.tag = path, tag
+        self.written = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            append(self.path, lines(self.written, 5, tag=self.tag))
+            self.written += 5
+            time.sleep(0.02)
+
+    def finish(self) -> int:
+        self.halt.set()
+        self.join(5)
+        return self.written
+
+
+def test_sighup_adds_a_file_and_changes_the_threshold_losing_nothing(
+    db_dsn: str,
+    workdir: Path,  # noqa: F811
+    notify: NotifySocket,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    first, second = workdir / "first.log", workdir / "second.log"
+    env_file = workdir / "puppylogd.env"
+    env_file.write_text(
+        f"# written by the test\nPUPPYLOG_LOG_FILES={first}\nPUPPYLOG_THRESHOLD=10\n",
+        encoding="utf-8",
+    )
+    daemon = spawn(
+        ["--dsn", db_dsn, "--window-seconds", "60"],
+        notify=notify,
+        env={"PUPPYLOG_ENV_FILE": str(env_file), "PUPPYLOG_WINDOW_SECONDS": "30"},
+    )
+    ready = notify.wait("READY=1", timeout=30)
+    assert query(db_dsn, THRESHOLD_SQL) == 10.0
+    assert query(db_dsn, "SELECT window_s FROM puppylog.log_groups") == 60  # flag beats env
+    writer = Writer(first, "first")
+    writer.start()
+    try:
+        wait_for("lines of the first file", lambda: stored(db_dsn, "first")[0] >= 50)
+        env_file.write_text(
+            f"PUPPYLOG_LOG_FILES={first},{second}\nPUPPYLOG_THRESHOLD=3.5\n", encoding="utf-8"
+        )
+        append(second, lines(0, 25, tag="second"))
+        hup = time.monotonic()
+        daemon.send(signal.SIGHUP)
+        reloading = notify.wait("RELOADING=1", after=hup)
+        ready_again = notify.wait("READY=1", after=reloading)
+        assert ready < reloading < ready_again
+        wait_for("the new threshold", lambda: query(db_dsn, THRESHOLD_SQL) == 3.5)
+        # The flag still wins over the file after a reload.
+        assert query(db_dsn, "SELECT window_s FROM puppylog.log_groups") == 60
+        wait_for("the added file's lines", lambda: stored(db_dsn, "second") == (25, 25))
+        time.sleep(0.3)  # the first file keeps flowing after the reload
+    finally:
+        written = writer.finish()
+    wait_for(
+        "every line of the first file",
+        lambda: stored(db_dsn, "first") == (written, written),
+    )
+    assert daemon.stop() == 0
+    assert stored(db_dsn, "first") == (written, written)
+    assert query(db_dsn, "SELECT count(*) FROM puppylog.log_streams") == 2
+    events = assert_clean_json_logs(daemon)
+    reloaded = [e for e in events if e["event"] == "configuration reloaded"]
+    assert len(reloaded) == 1
+    assert reloaded[0]["threshold"] == 3.5
+    assert reloaded[0]["files"] == [str(first), str(second)]
+
+
+def test_a_bad_reload_keeps_the_running_configuration(
+    db_dsn: str,
+    workdir: Path,  # noqa: F811
+    notify: NotifySocket,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    log_file = workdir / "a.log"
+    env_file = workdir / "puppylogd.env"
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    daemon = spawn(["--dsn", db_dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
+    notify.wait("READY=1", timeout=30)
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=-1\n", "utf-8")
+    hup = time.monotonic()
+    daemon.send(signal.SIGHUP)
+    notify.wait("READY=1", after=notify.wait("RELOADING=1", after=hup))
+    append(log_file, lines(0, 10))
+    wait_for("lines after a failed reload", lambda: stored(db_dsn) == (10, 10))
+    assert query(db_dsn, THRESHOLD_SQL) == 7.0
+    assert daemon.stop() == 0
+    events = assert_clean_json_logs(daemon)
+    failed = [e for e in events if e["event"] == "reload failed; keeping the old configuration"]
+    assert len(failed) == 1 and "threshold" in failed[0]["error"]

@@ -1,0 +1,202 @@
+"""Run the watch: choose the output (live view, plain lines, NDJSON), listen until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+import asyncpg
+from rich.console import Console
+from rich.live import Live
+
+from puppylog_watch.listener import CONNECTION_ERRORS, Listener
+from puppylog_watch.models import AlertPayload, StatsPayload
+from puppylog_watch.render import (
+    WatchView,
+    history_table,
+    json_line,
+    plain_alert,
+    plain_stats,
+    safe,
+)
+from puppylog_watch.state import AlertEvent, WatchState
+
+__all__ = ["LineSink", "LiveSink", "run_history", "run_watch"]
+
+
+class LineSink:
+    """Plain lines (or NDJSON): one per bucket and per alert/recovery, flushed at once."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, json_mode: bool = False) -> None:
+        self.out = out
+        self.err = err
+        self.json_mode = json_mode
+        self._was_connected: bool | None = None
+
+    def _emit(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def initial(
+        self,
+        state: WatchState,
+        latest: tuple[StatsPayload, dict[str, Any]] | None,
+        active: tuple[AlertPayload, dict[str, Any]] | None,
+    ) -> None:
+        if latest is not None:
+            self.stats(*latest)
+        if active is not None:
+            self.alert(*active)
+
+    def stats(self, payload: StatsPayload, raw: dict[str, Any]) -> None:
+        self._emit(json_line(raw) if self.json_mode else plain_stats(payload))
+
+    def alert(self, payload: AlertEvent, raw: dict[str, Any]) -> None:
+        self._emit(json_line(raw) if self.json_mode else plain_alert(payload))
+
+    def status(self, state: WatchState) -> None:
+        if state.connected:
+            if self._was_connected is False:
+                self.warn("reconnected to the database")
+        else:
+            self.warn(state.status)
+        self._was_connected = state.connected
+
+    def warn(self, message: str) -> None:
+        self.err.write(f"puppylog-watch: {safe(message)}\n")
+        self.err.flush()
+
+    def tick(self) -> None:
+        pass
+
+
+class LiveSink:
+    """The rich live view, redrawn in place on every event and once a second."""
+
+    def __init__(self, live: Live, state: WatchState) -> None:
+        self.live = live
+        self.state = state
+
+    def _redraw(self) -> None:
+        self.live.refresh()
+
+    def initial(
+        self,
+        state: WatchState,
+        latest: tuple[StatsPayload, dict[str, Any]] | None,
+        active: tuple[AlertPayload, dict[str, Any]] | None,
+    ) -> None:
+        self._redraw()
+
+    def stats(self, payload: StatsPayload, raw: dict[str, Any]) -> None:
+        self._redraw()
+
+    def alert(self, payload: AlertEvent, raw: dict[str, Any]) -> None:
+        self._redraw()
+
+    def status(self, state: WatchState) -> None:
+        self._redraw()
+
+    def warn(self, message: str) -> None:
+        # Shown in the header instead of written over the screen.
+        self.state.status = message if not self.state.connected else self.state.status
+        self._redraw()
+
+    def tick(self) -> None:
+        self._redraw()
+
+
+async def _run(listener: Listener, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await listener.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_watch(
+    dsn: str,
+    group: str,
+    *,
+    mode: str,
+    console: Console | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the watch in ``mode`` ("live", "plain" or "json") until Ctrl-C; return 0."""
+    state = WatchState(group=group)
+    return asyncio.run(
+        watch_async(dsn, state, mode=mode, console=console, out=out, err=err, stop=stop)
+    )
+
+
+async def watch_async(
+    dsn: str,
+    state: WatchState,
+    *,
+    mode: str,
+    console: Console | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """The watch as a coroutine (the demo runs it next to its other tasks)."""
+    stop = stop or asyncio.Event()
+    if mode in ("plain", "json"):
+        sink = LineSink(out or sys.stdout, err or sys.stderr, json_mode=mode == "json")
+        await _run(Listener(dsn, state, sink), stop)
+        return 0
+    console = console or Console()
+    view = WatchView(state)
+    with Live(
+        view,
+        console=console,
+        screen=True,
+        auto_refresh=False,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    ) as live:
+        live.refresh()
+        await _run(Listener(dsn, state, LiveSink(live, state)), stop)
+    return 0
+
+
+_HISTORY_SQL = """
+SELECT h.id, h.triggered_at, h.recovered_at, h.hits_at_trigger, h.hits_at_recovery,
+       h.threshold
+FROM puppylog.alert_history h JOIN puppylog.log_groups g ON g.id = h.group_id
+WHERE g.name = $1 AND ($2::timestamptz IS NULL OR h.triggered_at >= $2
+                       OR h.recovered_at >= $2 OR h.recovered_at IS NULL)
+ORDER BY h.triggered_at
+"""
+
+
+async def _fetch_history(dsn: str, group: str, since: datetime | None) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(
+        dsn, timeout=10, server_settings={"application_name": "puppylog-watch"}
+    )
+    try:
+        rows = await conn.fetch(_HISTORY_SQL, group, since)
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+def run_history(dsn: str, group: str, since: datetime | None, console: Console) -> int:
+    """Print the table of past alerts and return 0 (1 if the database cannot be read)."""
+    try:
+        rows = asyncio.run(_fetch_history(dsn, group, since))
+    except CONNECTION_ERRORS as exc:
+        print(f"puppylog-watch: cannot read the alert history: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(BrokenPipeError):
+        console.print(history_table(rows))
+    return 0

@@ -1,0 +1,123 @@
+"""Command line of ``puppylog-watch``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+
+__all__ = ["build_parser", "main", "resolve_dsn"]
+
+
+class WatchError(Exception):
+    """A problem that ends the watch with one clear line (exit 1)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``puppylog-watch``."""
+    p = argparse.ArgumentParser(
+        prog="puppylog-watch",
+        description="Show Puppylog's traffic stats and alerts live (LISTEN on the database).",
+    )
+    p.add_argument("--dsn", help="PostgreSQL DSN (env PUPPYLOG_DSN); default: embedded database")
+    p.add_argument("--dsn-file", type=Path, help="file holding the DSN (env PUPPYLOG_DSN_FILE)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the daemon's state directory, to find its embedded database (env PUPPYLOG_STATE_DIR)",
+    )
+    p.add_argument("--group", help="log group to show (env PUPPYLOG_GROUP; default 'default')")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--plain", action="store_true", help="one plain line per event")
+    out.add_argument("--json", action="store_true", help="one JSON payload per line (NDJSON)")
+    out.add_argument("--history", action="store_true", help="print past alerts and exit")
+    p.add_argument("--since", help="with --history: only alerts since this ISO 8601 time")
+    return p
+
+
+def resolve_dsn(
+    dsn: str | None, dsn_file: Path | None, state_dir: Path | None
+) -> tuple[str, str | None]:
+    """Return (dsn, note): the configured DSN, else the daemon's running embedded database."""
+    from puppylogd.config import Settings
+
+    overrides: dict[str, object] = {}
+    if dsn:
+        overrides["dsn"] = dsn
+    if dsn_file is not None:
+        overrides["dsn_file"] = dsn_file
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        resolved = settings.resolved_dsn()
+    except ValidationError as exc:
+        from puppylogd.config import describe_error
+
+        raise WatchError(describe_error(exc)) from exc
+    except OSError as exc:
+        raise WatchError(f"cannot read the DSN file: {exc}") from exc
+    if resolved:
+        return resolved, None
+    from puppylogd.embedded import Cluster, EmbeddedError
+
+    try:
+        cluster = Cluster(settings.state_dir)
+    except EmbeddedError as exc:
+        raise WatchError(str(exc)) from exc
+    if not cluster.is_running():
+        raise WatchError(
+            f"no DSN configured and the embedded database under {settings.state_dir} is not "
+            "running: start puppylogd (or `puppylogd demo`), or pass --dsn / set PUPPYLOG_DSN"
+        )
+    return cluster.dsn(), f"embedded database under {settings.state_dir}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``puppylog-watch``; return the exit code."""
+    args = build_parser().parse_args(argv)
+    group = args.group or os.environ.get("PUPPYLOG_GROUP") or "default"
+    since = None
+    if args.since is not None:
+        if not args.history:
+            print("puppylog-watch: error: --since needs --history", file=sys.stderr)
+            return 2
+        from puppylog_watch.listener import parse_since
+
+        try:
+            since = parse_since(args.since)
+        except ValueError:
+            print(
+                f"puppylog-watch: error: --since: not an ISO 8601 time: {args.since}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        dsn, _note = resolve_dsn(args.dsn, args.dsn_file, args.state_dir)
+    except WatchError as exc:
+        print(f"puppylog-watch: error: {exc}", file=sys.stderr)
+        return 1
+    from puppylog_watch.app import run_history, run_watch
+
+    if args.history:
+        return run_history(dsn, group, since, Console())
+    if args.json:
+        mode = "json"
+    elif args.plain or not sys.stdout.isatty():
+        mode = "plain"
+    else:
+        mode = "live"
+    try:
+        return run_watch(dsn, group, mode=mode)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # `puppylog-watch | head`: the reader left; exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

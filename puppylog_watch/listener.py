@@ -1,0 +1,361 @@
+"""The dedicated LISTEN connection: state from the tables first, then notifications.
+
+After every (re)connect the listener LISTENs first, then reads the group, its streams, the
+recent stats buckets and the alert events from the tables, then applies the notifications
+that queued up meanwhile (duplicates are dropped by bucket time and ``(alert_id, type)``).
+On a reconnect every alert event newer than the last one seen is replayed, so no alert or
+recovery is ever missed. A liveness probe (streams query with a timeout, every
+``probe_interval`` seconds) detects a silently dead connection; reconnects back off up to
+``max_backoff`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from puppylog_watch.models import (
+    AlertPayload,
+    PayloadError,
+    RecoveryPayload,
+    StatsPayload,
+    parse_payload,
+)
+from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
+
+__all__ = ["CHANNELS", "Listener", "Sink"]
+
+CHANNELS = ("puppylog_stats", "puppylog_alerts")
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.PostgresError,
+)
+
+_GROUP_SQL = """
+SELECT id, threshold, window_s, alert_state FROM puppylog.log_groups WHERE name = $1
+"""
+_STREAMS_SQL = """
+SELECT s.host, s.path, s.file_size - s.byte_offset AS lag, s.heartbeat_at, s.stopped,
+       s.caught_up
+FROM puppylog.log_streams s JOIN puppylog.log_groups g ON g.id = s.group_id
+WHERE g.name = $1 ORDER BY s.host, s.path
+"""
+_RECENT_BUCKETS_SQL = """
+SELECT payload::text FROM (
+    SELECT bucket, payload FROM puppylog.stats_buckets
+    WHERE group_id = $1 ORDER BY bucket DESC LIMIT $2) b
+ORDER BY bucket
+"""
+_NEWER_BUCKETS_SQL = """
+SELECT payload::text FROM (
+    SELECT bucket, payload FROM puppylog.stats_buckets
+    WHERE group_id = $1 AND bucket > $2 ORDER BY bucket DESC LIMIT $3) b
+ORDER BY bucket
+"""
+_RECENT_EVENTS_SQL = """
+SELECT payload::text FROM (
+    SELECT at, alert_id, kind, payload FROM puppylog.alert_events
+    WHERE group_name = $1 ORDER BY at DESC, alert_id DESC, kind DESC LIMIT $2) e
+ORDER BY at, alert_id, kind
+"""
+_EVENTS_SINCE_SQL = """
+SELECT payload::text FROM puppylog.alert_events
+WHERE group_name = $1 AND at >= $2
+ORDER BY at, alert_id, kind
+"""
+
+MAX_REPLAY_BUCKETS = 360
+INITIAL_EVENTS = 200
+
+
+class Sink(Protocol):
+    """Where the listener reports: a plain/JSON printer or the live view."""
+
+    def initial(
+        self,
+        state: WatchState,
+        latest: tuple[StatsPayload, dict[str, Any]] | None,
+        active: tuple[AlertPayload, dict[str, Any]] | None,
+    ) -> None:
+        """The first connect read the tables: show the newest bucket and any active alert."""
+
+    def stats(self, payload: StatsPayload, raw: dict[str, Any]) -> None:
+        """A new stats bucket."""
+
+    def alert(self, payload: AlertEvent, raw: dict[str, Any]) -> None:
+        """A new alert or recovery (live, or replayed after a reconnect)."""
+
+    def status(self, state: WatchState) -> None:
+        """The connection state changed (``state.connected``, ``state.status``)."""
+
+    def warn(self, message: str) -> None:
+        """A skipped payload or similar; never fatal."""
+
+    def tick(self) -> None:
+        """Called about once a second (redraw ages)."""
+
+
+@dataclass
+class _Conn:
+    conn: asyncpg.Connection
+    queue: asyncio.Queue[tuple[str, str]]
+    lost: asyncio.Event
+
+
+class Listener:
+    """Keep ``state`` current from the database at ``dsn`` and report to ``sink``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        state: WatchState,
+        sink: Sink,
+        *,
+        probe_interval: float = 5.0,
+        probe_timeout: float = 5.0,
+        connect_timeout: float = 10.0,
+        min_backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        on_first_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.state = state
+        self.sink = sink
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.connect_timeout = connect_timeout
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self._first = True
+        self._group_id: int | None = None
+        self._on_first_connect = on_first_connect
+        self.connects = 0
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; reconnect with capped backoff on any connection loss."""
+        delay = self.min_backoff
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=self.connect_timeout,
+                    command_timeout=None,
+                    server_settings={"application_name": "puppylog-watch"},
+                )
+            except CONNECTION_ERRORS as exc:
+                self._set_status(False, f"database unreachable: {_short(exc)}; retry in {delay:g}s")
+                await _sleep(stop, delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            delay = self.min_backoff
+            try:
+                await self._session(conn, stop)
+            except CONNECTION_ERRORS as exc:
+                self._set_status(False, f"connection lost: {_short(exc)}; reconnecting")
+            finally:
+                conn.terminate()
+
+    def _set_status(self, connected: bool, text: str) -> None:
+        changed = connected != self.state.connected or text != self.state.status
+        self.state.connected = connected
+        self.state.status = text
+        if changed:
+            self.sink.status(self.state)
+
+    async def _session(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        c = _Conn(conn, asyncio.Queue(), asyncio.Event())
+
+        def on_notify(_c: object, _pid: int, channel: str, payload: object) -> None:
+            c.queue.put_nowait((channel, str(payload)))
+
+        conn.add_termination_listener(lambda _c: c.lost.set())
+        for channel in CHANNELS:
+            await conn.add_listener(channel, on_notify)
+        await self._load(conn)
+        self.connects += 1
+        self._set_status(True, "live")
+        if self._on_first_connect is not None and self.connects == 1:
+            self._on_first_connect()
+
+        next_probe = time.monotonic() + self.probe_interval
+        next_tick = time.monotonic() + 1.0
+        stop_task = asyncio.create_task(stop.wait())
+        lost_task = asyncio.create_task(c.lost.wait())
+        try:
+            while not stop.is_set():
+                if c.lost.is_set():
+                    raise ConnectionError("the server closed the connection")
+                while not c.queue.empty():
+                    self._handle(*c.queue.get_nowait())
+                now = time.monotonic()
+                if now >= next_probe:
+                    await asyncio.wait_for(self._probe(conn), self.probe_timeout)
+                    next_probe = time.monotonic() + self.probe_interval
+                if now >= next_tick:
+                    self.sink.tick()
+                    next_tick = now + 1.0
+                get_task = asyncio.create_task(c.queue.get())
+                timeout = max(min(next_probe, next_tick) - time.monotonic(), 0.0)
+                done, _ = await asyncio.wait(
+                    {get_task, stop_task, lost_task},
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if get_task in done:
+                    self._handle(*get_task.result())
+                else:
+                    get_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get_task
+        finally:
+            for task in (stop_task, lost_task):
+                task.cancel()
+            await asyncio.gather(stop_task, lost_task, return_exceptions=True)
+
+    # -- reading the tables ----------------------------------------------------------------
+
+    async def _refresh_group(self, conn: asyncpg.Connection) -> None:
+        row = await conn.fetchrow(_GROUP_SQL, self.state.group)
+        if row is None:
+            self.state.group_exists = False
+            self._group_id = None
+            return
+        self.state.group_exists = True
+        self._group_id = int(row["id"])
+        self.state.threshold = float(row["threshold"])
+        self.state.window_s = int(row["window_s"])
+
+    async def _refresh_streams(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(_STREAMS_SQL, self.state.group)
+        self.state.streams = [
+            StreamInfo(
+                host=r["host"],
+                path=r["path"],
+                lag_bytes=None if r["lag"] is None else int(r["lag"]),
+                heartbeat_at=r["heartbeat_at"],
+                stopped=bool(r["stopped"]),
+                caught_up=bool(r["caught_up"]),
+            )
+            for r in rows
+        ]
+
+    async def _probe(self, conn: asyncpg.Connection) -> None:
+        await conn.fetchval("SELECT 1")
+        await self._refresh_group(conn)
+        await self._refresh_streams(conn)
+
+    async def _load(self, conn: asyncpg.Connection) -> None:
+        state = self.state
+        await self._refresh_group(conn)
+        await self._refresh_streams(conn)
+        first = self._first
+        self._first = False
+        if self._group_id is None:
+            if first:
+                self.sink.initial(state, None, None)
+            return
+        # Stats buckets: everything recent on the first connect, else what was missed.
+        latest = state.latest
+        if first or latest is None:
+            rows = await conn.fetch(_RECENT_BUCKETS_SQL, self._group_id, MAX_REPLAY_BUCKETS)
+        else:
+            rows = await conn.fetch(
+                _NEWER_BUCKETS_SQL, self._group_id, latest.bucket, MAX_REPLAY_BUCKETS
+            )
+        last_stats: tuple[StatsPayload, dict[str, Any]] | None = None
+        for r in rows:
+            parsed = self._parse("stats_buckets", r[0])
+            if parsed is None or not isinstance(parsed[0], StatsPayload):
+                continue
+            if state.apply_stats(parsed[0]):
+                last_stats = (parsed[0], parsed[1])
+                if not first:
+                    self.sink.stats(parsed[0], parsed[1])
+        # Alert events: the recent ones on the first connect; every one newer than the last
+        # seen after a reconnect (event times only grow, so nothing older can appear).
+        since = state.last_event_at()
+        if first or since is None:
+            rows = await conn.fetch(_RECENT_EVENTS_SQL, state.group, INITIAL_EVENTS)
+        else:
+            rows = await conn.fetch(_EVENTS_SINCE_SQL, state.group, since)
+        active_raw: dict[str, Any] | None = None
+        for r in rows:
+            parsed = self._parse("alert_events", r[0])
+            if parsed is None or isinstance(parsed[0], StatsPayload):
+                continue
+            if state.apply_alert(parsed[0]):
+                if isinstance(parsed[0], AlertPayload):
+                    active_raw = parsed[1]
+                if not first:
+                    self.sink.alert(parsed[0], parsed[1])
+        if first:
+            active = state.active_alert
+            self.sink.initial(
+                state,
+                last_stats,
+                (active, active_raw) if active is not None and active_raw is not None else None,
+            )
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def _parse(
+        self, source: str, text: str
+    ) -> tuple[StatsPayload | AlertPayload | RecoveryPayload, dict[str, Any]] | None:
+        try:
+            return parse_payload(text)
+        except PayloadError as exc:
+            self.sink.warn(f"skipped a payload from {source}: {exc}")
+            return None
+
+    def _handle(self, channel: str, text: str) -> None:
+        parsed = self._parse(channel, text)
+        if parsed is None:
+            return
+        payload, raw = parsed
+        if payload.group != self.state.group:
+            return
+        if isinstance(payload, StatsPayload):
+            if channel != "puppylog_stats":
+                self.sink.warn(f"skipped a stats payload on channel {channel}")
+            elif self.state.apply_stats(payload):
+                self.sink.stats(payload, raw)
+        elif channel != "puppylog_alerts":
+            self.sink.warn(f"skipped an alert payload on channel {channel}")
+        elif self.state.apply_alert(payload):
+            self.sink.alert(payload, raw)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {text}"[:160] if text else name
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def parse_since(text: str) -> datetime:
+    """Parse ``--since`` (ISO 8601; a naive time is UTC)."""
+    from datetime import UTC
+
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -1,0 +1,378 @@
+"""Rendering: a plain line, a JSON line, and the rich live view.
+
+Log content is untrusted (paths, users, host names come from whoever sent the requests):
+every such string goes through :func:`safe` and into a rich ``Text`` (never markup), so no
+terminal escape sequence reaches the terminal raw.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.layout import Layout
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from puppylog_watch.models import AlertPayload, StatsPayload
+from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
+
+__all__ = [
+    "WatchView",
+    "chart",
+    "human_bytes",
+    "json_line",
+    "plain_alert",
+    "plain_stats",
+    "safe",
+]
+
+# C0 controls, DEL, C1 controls, and bidi/format overrides that can reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def _replace(match: re.Match[str]) -> str:
+    return "^[" if match.group() == "\x1b" else "\ufffd"
+
+
+def safe(text: str) -> str:
+    """Return ``text`` with every control or bidi-override character made visible and inert.
+
+    ESC shows as ``^[``; every other C0/C1 control, DEL and bidi override as U+FFFD.
+    """
+    return _UNSAFE.sub(_replace, text)
+
+
+def human_bytes(n: float) -> str:
+    """Format a byte count: ``512 B``, ``1.5 KiB``, ``3.2 MiB``..."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+# -- plain and JSON --------------------------------------------------------------------------
+
+
+def plain_stats(p: StatsPayload) -> str:
+    """One grep-able line per stats bucket."""
+    st = p.status
+    top = ",".join(f"{safe(s)}:{h}" for s, h in p.sections[:3]) or "-"
+    return (
+        f"{_iso(p.bucket)} stats group={safe(p.group)} hits={p.hits} rps={p.rps:.1f} "
+        f"avg={p.avg:.2f} threshold={p.threshold:g} alert={p.alert} "
+        f"2xx={st.get('2xx', 0)} 3xx={st.get('3xx', 0)} 4xx={st.get('4xx', 0)} "
+        f"5xx={st.get('5xx', 0)} err={p.error_rate * 100:.1f}% bytes={p.bytes} "
+        f"hosts={p.unique_hosts} rejected={p.rejected} top={top}"
+    )
+
+
+def plain_alert(p: AlertEvent) -> str:
+    """An alert or recovery: its message verbatim (made safe, though the database wrote it)."""
+    return safe(p.message)
+
+
+def json_line(obj: dict[str, Any]) -> str:
+    """One NDJSON line: the payload, compact, ASCII-only (so no raw control character)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+# -- the chart -------------------------------------------------------------------------------
+
+
+def chart(values: Sequence[float], threshold: float | None, width: int, height: int) -> Text:
+    """Return a bar chart of ``values`` (newest right), ``height`` rows, threshold drawn in.
+
+    Bars above the threshold are red, the others green; the threshold is a yellow dashed line
+    across the empty cells of its row, labelled on the left.
+    """
+    label_w = 7
+    cols = max(width - label_w, 1)
+    vals = list(values)[-cols:]
+    vals = [0.0] * (cols - len(vals)) + vals
+    top = max([*vals, (threshold or 0.0) * 1.25, 1.0])
+    step = top / height
+    thr_row = None
+    if threshold is not None:
+        # Row (0 = top) in which the threshold level lies.
+        thr_row = height - 1 - min(int(threshold / step), height - 1)
+    out = Text(no_wrap=True, overflow="crop")
+    for r in range(height):
+        base = (height - 1 - r) * step
+        if r == thr_row and threshold is not None:
+            out.append(f"{threshold:5.1f}┤", style="bold yellow")
+        elif r == 0:
+            out.append(f"{top:5.1f}┤", style="dim")
+        elif r == height - 1:
+            out.append(f"{0:5.1f}┤", style="dim")
+        else:
+            out.append("     │", style="dim")
+        out.append(" ")
+        for v in vals:
+            frac = min(max((v - base) / step, 0.0), 1.0)
+            idx = round(frac * 8)
+            if idx == 0 and r == height - 1 and v > 0:
+                idx = 1
+            style = "red" if threshold is not None and v > threshold else "green"
+            if idx == 0:
+                if r == thr_row:
+                    out.append("╌", style="yellow")
+                else:
+                    out.append(" ")
+            else:
+                out.append(_BLOCKS[idx], style=style)
+        if r < height - 1:
+            out.append("\n")
+    return out
+
+
+# -- the live view ---------------------------------------------------------------------------
+
+
+def _ago(t: datetime | None, now: datetime) -> str:
+    if t is None:
+        return "never"
+    s = max((now - t).total_seconds(), 0.0)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.0f}h ago"
+
+
+def _header(state: WatchState, now: datetime) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(" puppylog ", style="bold white on blue")
+    t.append(" group ")
+    t.append(safe(state.group), style="bold")
+    latest = state.latest
+    t.append("  newest bucket ")
+    t.append(latest.bucket.astimezone(UTC).strftime("%H:%M:%S UTC") if latest else "none")
+    t.append("  ")
+    if state.connected:
+        t.append("● live", style="green")
+    else:
+        t.append("● " + safe(state.status), style="bold red")
+    if state.connected and not state.group_exists:
+        t.append("  (group not created yet)", style="yellow")
+    return t
+
+
+def _banner(alert: AlertPayload, width: int) -> Text:
+    text = Text(style="bold white on red", overflow="ellipsis")
+    head = f" ▲ HIGH TRAFFIC ALERT  avg {alert.avg:g} req/s > threshold {alert.threshold:g}"
+    text.append(head.ljust(width) + "\n")
+    text.append(" " + safe(alert.message))
+    return text
+
+
+def _avg_line(state: WatchState) -> Text:
+    latest = state.latest
+    t = Text(no_wrap=True, overflow="ellipsis")
+    mins = state.window_s / 60
+    span = f"{mins:g}-min" if state.window_s % 60 == 0 else f"{state.window_s}s"
+    if latest is None:
+        t.append(f" {span} avg: no data yet", style="dim")
+        return t
+    over = latest.avg > latest.threshold
+    t.append(f" {span} avg ")
+    t.append(f"{latest.avg:.2f} req/s", style="bold red" if over else "bold green")
+    t.append(f" vs threshold {latest.threshold:g}")
+    t.append("  ABOVE" if over else "  below", style="red" if over else "green")
+    t.append(f"   last bucket {latest.rps:.1f} req/s")
+    return t
+
+
+def _sections_table(latest: StatsPayload | None, rows: int, width: int) -> Table:
+    table = Table(box=None, expand=True, padding=(0, 1), show_edge=False)
+    table.add_column("section", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("hits", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
+    bar_w = 10 if width >= 50 else 0
+    if bar_w:
+        table.add_column("", no_wrap=True, width=bar_w)
+    if latest is None:
+        return table
+    total = max(latest.hits, 1)
+    for name, hits in latest.sections[: max(rows, 0)]:
+        share = hits / total
+        cells: list[RenderableType] = [Text(safe(name)), str(hits), f"{share:.0%}"]
+        if bar_w:
+            cells.append(Text("█" * max(round(share * bar_w), 1), style="cyan"))
+        table.add_row(*cells)
+    return table
+
+
+def _traffic_table(latest: StatsPayload | None) -> Table:
+    table = Table.grid(padding=(0, 1), expand=True)
+    table.add_column(no_wrap=True, style="dim")
+    table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    if latest is None:
+        table.add_row("", "waiting for the first bucket")
+        return table
+    st = latest.status
+    status = Text()
+    for cls, style in (("2xx", "green"), ("3xx", "cyan"), ("4xx", "yellow"), ("5xx", "red")):
+        status.append(f"{cls} ", style="dim")
+        status.append(f"{st.get(cls, 0)} ", style=style)
+    table.add_row("status", status)
+    err_style = "red" if latest.error_rate >= 0.05 else "green"
+    table.add_row("errors", Text(f"{latest.error_rate:.1%} (4xx+5xx)", style=err_style))
+    table.add_row("volume", f"{latest.hits} hits, {human_bytes(latest.bytes)}")
+    users = " ".join(f"{safe(u)} {n}" for u, n in latest.users[:3])
+    clients = Text(f"{latest.unique_hosts} hosts")
+    if users:
+        clients.append("; " + users, style="dim")
+    table.add_row("clients", clients)
+    methods = " ".join(f"{safe(m)} {n}" for m, n in latest.methods[:4]) or "-"
+    table.add_row("methods", Text(methods))
+    if latest.rejected:
+        table.add_row(
+            "rejected",
+            Text(f"{latest.rejected} line{'' if latest.rejected == 1 else 's'}", style="yellow"),
+        )
+    return table
+
+
+def _streams_text(streams: Sequence[StreamInfo], now: datetime, rows: int) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if not streams:
+        t.append(" streams: none yet", style="dim")
+        return t
+    for i, s in enumerate(streams[:rows]):
+        if i:
+            t.append("\n")
+        t.append(" stream ", style="dim")
+        t.append(safe(f"{s.host}:{s.path}"))
+        lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
+        t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > 1_000_000 else "")
+        t.append(f"  heartbeat {_ago(s.heartbeat_at, now)}")
+        if s.stopped:
+            t.append("  stopped", style="yellow")
+    if len(streams) > rows:
+        t.append(f"  (+{len(streams) - rows} more)", style="dim")
+    return t
+
+
+def _events_text(events: Sequence[AlertEvent], rows: int) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if not events:
+        t.append("no alerts yet", style="dim")
+        return t
+    for i, e in enumerate(list(events)[:rows]):
+        if i:
+            t.append("\n")
+        style = "bold red" if isinstance(e, AlertPayload) else "green"
+        t.append(safe(e.message), style=style)
+    return t
+
+
+class WatchView:
+    """The live view of a :class:`WatchState`, laid out for the console's size."""
+
+    def __init__(self, state: WatchState, now: datetime | None = None) -> None:
+        self.state = state
+        self.now = now
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        height = options.height or console.height
+        yield self.layout(width, height)
+
+    def layout(self, width: int, height: int) -> Layout:
+        """Build the screen for a ``width`` x ``height`` terminal (fits 80x24)."""
+        state = self.state
+        now = self.now or datetime.now(UTC)
+        latest = state.latest
+        banner = state.active_alert is not None
+        chart_h = min(max(height - 24, 4), 8)
+        stream_rows = min(max(len(state.streams), 1), 3 if height >= 30 else 1)
+        event_rows = min(max((height - 24) // 4 + 3, 3), 8)
+        fixed = 1 + (3 if banner else 0) + 1 + chart_h + 1 + stream_rows + event_rows + 2
+        mid_h = max(height - fixed, 4)
+        section_rows = max(mid_h - 3, 1)
+
+        root = Layout()
+        parts = [Layout(_header(state, now), size=1)]
+        if banner and state.active_alert is not None:
+            parts.append(Layout(_banner(state.active_alert, width), size=3))
+        n = min(len(state.buckets), width)
+        title = Text(no_wrap=True, overflow="crop")
+        span = f"{n * 10 // 60} min" if n >= 12 else f"{n * 10} s"
+        title.append(f" req/s per 10 s, last {span} ", style="bold")
+        if state.threshold is not None:
+            title.append(f" ╌╌ threshold {state.threshold:g} req/s", style="yellow")
+        parts.append(Layout(title, size=1))
+        values = [b.rps for b in state.buckets]
+        parts.append(Layout(chart(values, state.threshold, width, chart_h), size=chart_h))
+        parts.append(Layout(_avg_line(state), size=1))
+        mid = Layout(size=mid_h)
+        left_w = max(width // 2, 38)
+        mid.split_row(
+            Layout(
+                Panel(
+                    _sections_table(latest, section_rows, left_w - 4),
+                    title="top sections (latest bucket)",
+                    title_align="left",
+                    border_style="blue",
+                ),
+                size=left_w,
+            ),
+            Layout(Panel(_traffic_table(latest), title="traffic", title_align="left")),
+        )
+        parts.append(mid)
+        parts.append(Layout(_streams_text(state.streams, now, stream_rows), size=stream_rows))
+        parts.append(
+            Layout(
+                Panel(
+                    _events_text(state.events, event_rows),
+                    title="alerts, newest first",
+                    title_align="left",
+                    border_style="red" if banner else "dim",
+                ),
+                size=event_rows + 2,
+            )
+        )
+        root.split_column(*parts)
+        return root
+
+
+def history_table(rows: Sequence[dict[str, Any]]) -> RenderableType:
+    """Return the table of past alerts (``--history``)."""
+    table = Table(title="puppylog alerts", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("triggered (UTC)", no_wrap=True)
+    table.add_column("recovered (UTC)", no_wrap=True)
+    table.add_column("duration", justify="right")
+    table.add_column("hits at trigger", justify="right")
+    table.add_column("hits at recovery", justify="right")
+    table.add_column("threshold", justify="right")
+    for r in rows:
+        trig: datetime = r["triggered_at"]
+        rec: datetime | None = r["recovered_at"]
+        end = rec or datetime.now(UTC)
+        secs = int((end - trig).total_seconds())
+        dur = f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+        table.add_row(
+            str(r["id"]),
+            _iso(trig),
+            _iso(rec) if rec else Text("active", style="bold red"),
+            dur if rec else dur + "+",
+            str(r["hits_at_trigger"]),
+            "" if r["hits_at_recovery"] is None else str(r["hits_at_recovery"]),
+            f"{r['threshold']:g}",
+        )
+    if not rows:
+        return Group(table, Text("no alerts"))
+    return table

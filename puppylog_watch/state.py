@@ -1,0 +1,83 @@
+"""What the watch knows: recent buckets, streams, the active alert and the alert events."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from puppylog_watch.models import AlertPayload, RecoveryPayload, StatsPayload
+
+__all__ = ["AlertEvent", "StreamInfo", "WatchState"]
+
+AlertEvent = AlertPayload | RecoveryPayload
+
+MAX_BUCKETS = 360  # one hour of 10-second buckets
+MAX_EVENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """One log stream of the group, as last read from ``puppylog.log_streams``."""
+
+    host: str
+    path: str
+    lag_bytes: int | None
+    heartbeat_at: datetime | None
+    stopped: bool
+    caught_up: bool
+
+
+@dataclass
+class WatchState:
+    """The state the views render; mutated only by the listener, on the event loop."""
+
+    group: str
+    threshold: float | None = None
+    window_s: int = 120
+    group_exists: bool = True
+    buckets: deque[StatsPayload] = field(default_factory=lambda: deque(maxlen=MAX_BUCKETS))
+    streams: list[StreamInfo] = field(default_factory=list)
+    active_alert: AlertPayload | None = None
+    # Alert and recovery events, newest first.
+    events: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    seen: set[tuple[int, str]] = field(default_factory=set)
+    connected: bool = False
+    status: str = "connecting"
+
+    @property
+    def latest(self) -> StatsPayload | None:
+        """Return the newest bucket, if any."""
+        return self.buckets[-1] if self.buckets else None
+
+    def apply_stats(self, p: StatsPayload) -> bool:
+        """Record a bucket; return False if it is not newer than the newest one known."""
+        if p.group != self.group:
+            return False
+        self.threshold = p.threshold
+        if self.buckets and p.bucket <= self.buckets[-1].bucket:
+            if p.bucket == self.buckets[-1].bucket:
+                self.buckets[-1] = p  # a re-published bucket replaces the old summary
+            return False
+        self.buckets.append(p)
+        return True
+
+    def apply_alert(self, p: AlertEvent) -> bool:
+        """Record an alert or recovery; return False if it was already seen."""
+        if p.group != self.group:
+            return False
+        key = (p.alert_id, p.type)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        self.events.appendleft(p)
+        if isinstance(p, AlertPayload):
+            if (p.alert_id, "recovery") not in self.seen:
+                self.active_alert = p
+        elif self.active_alert is not None and self.active_alert.alert_id == p.alert_id:
+            self.active_alert = None
+        return True
+
+    def last_event_at(self) -> datetime | None:
+        """Return the time of the newest alert event seen."""
+        return max((e.at for e in self.events), default=None)

@@ -1,0 +1,212 @@
+"""Rendering of puppylog-watch from recorded payloads: plain and JSON lines, the live view."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from puppylog_watch.app import LineSink
+from puppylog_watch.models import (
+    AlertPayload,
+    PayloadError,
+    RecoveryPayload,
+    StatsPayload,
+    parse_payload,
+)
+from puppylog_watch.render import WatchView, chart, json_line, plain_alert, plain_stats, safe
+from puppylog_watch.state import StreamInfo, WatchState
+
+# Recorded from a real database (jsonb text, as pg_notify sends it).
+STATS = (
+    '{"v": 1, "avg": 12.008, "bytes": 45678, "hits": 123, "type": "stats", "alert": "firing", '
+    '"group": "default", "users": [["james", 5]], "bucket": "2026-11-28T04:30:00+00:00", '
+    '"status": {"2xx": 100, "3xx": 3, "4xx": 15, "5xx": 5, "other": 0}, "methods": [["GET", '
+    '100], ["POST", 23]], "seconds": 10, "rps": 12.3, "rejected": 2, "sections": [["/pages", '
+    '50], ["/api", 40], ["/static", 20], ["/report", 13]], "threshold": 10.0, "error_rate": '
+    '0.1626, "unique_hosts": 12}'
+)
+ALERT = (
+    '{"v": 1, "at": "2026-11-28T04:30:00+00:00", "avg": 12.008, "hits": 1441, "type": "alert", '
+    '"group": "default", "message": "High traffic generated an alert - hits = 1441, triggered '
+    'at 2026-11-28T04:30:00+00:00", "alert_id": 3, "window_s": 120, "threshold": 10.0}'
+)
+RECOVERY = (
+    '{"v": 1, "at": "2026-11-28T04:33:10+00:00", "avg": 9.992, "hits": 1199, "type": '
+    '"recovery", "group": "default", "message": "High traffic alert recovered - hits = 1199, '
+    'recovered at 2026-11-28T04:33:10+00:00", "alert_id": 3, "window_s": 120, "threshold": '
+    '10.0, "triggered_at": "2026-11-28T04:30:00+00:00"}'
+)
+T0 = datetime(2026, 11, 28, 4, 20, tzinfo=UTC)
+
+
+def stats_at(i: int, rps: float, **over: Any) -> StatsPayload:
+    raw = json.loads(STATS)
+    raw.update(bucket=(T0 + timedelta(seconds=10 * i)).isoformat(), rps=rps)
+    raw.update(over)
+    model, _ = parse_payload(raw)
+    assert isinstance(model, StatsPayload)
+    return model
+
+
+def alert_state() -> WatchState:
+    state = WatchState(group="default", connected=True, status="live")
+    for i in range(60):
+        state.apply_stats(stats_at(i, 30.0 if 30 <= i < 40 else 4.0))
+    alert, _ = parse_payload(ALERT)
+    assert isinstance(alert, AlertPayload)
+    state.apply_alert(alert)
+    state.streams = [StreamInfo("web1", "/tmp/access.log", 0, T0, False, True)]
+    return state
+
+
+def render(state: WatchState, width: int, height: int) -> str:
+    console = Console(width=width, height=height, record=True, force_terminal=True)
+    console.print(WatchView(state, now=T0 + timedelta(minutes=10)))
+    return console.export_text()
+
+
+def test_payloads_parse_by_type() -> None:
+    assert isinstance(parse_payload(STATS)[0], StatsPayload)
+    assert isinstance(parse_payload(ALERT)[0], AlertPayload)
+    assert isinstance(parse_payload(RECOVERY)[0], RecoveryPayload)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not json",
+        "[1, 2]",
+        '{"v": 2, "type": "alert"}',
+        '{"v": 1, "type": "mystery", "group": "default"}',
+        ALERT.replace('"hits": 1441', '"hits": "many"'),
+        STATS.replace('"alert": "firing"', '"alert": "maybe"'),
+    ],
+)
+def test_unknown_or_malformed_payloads_are_rejected(bad: str) -> None:
+    with pytest.raises(PayloadError):
+        parse_payload(bad)
+
+
+def test_plain_lines_are_exact() -> None:
+    stats, _ = parse_payload(STATS)
+    alert, _ = parse_payload(ALERT)
+    recovery, _ = parse_payload(RECOVERY)
+    assert isinstance(stats, StatsPayload)
+    assert not isinstance(alert, StatsPayload) and not isinstance(recovery, StatsPayload)
+    assert plain_stats(stats) == (
+        "2026-11-28T04:30:00+00:00 stats group=default hits=123 rps=12.3 avg=12.01 "
+        "threshold=10 alert=firing 2xx=100 3xx=3 4xx=15 5xx=5 err=16.3% bytes=45678 hosts=12 "
+        "rejected=2 top=/pages:50,/api:40,/static:20"
+    )
+    assert plain_alert(alert) == (
+        "High traffic generated an alert - hits = 1441, triggered at 2026-11-28T04:30:00+00:00"
+    )
+    assert plain_alert(recovery) == (
+        "High traffic alert recovered - hits = 1199, recovered at 2026-11-28T04:33:10+00:00"
+    )
+
+
+def test_json_lines_are_the_payloads() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    sink = LineSink(out, err, json_mode=True)
+    for text in (STATS, ALERT, RECOVERY):
+        model, raw = parse_payload(text)
+        if isinstance(model, StatsPayload):
+            sink.stats(model, raw)
+        else:
+            sink.alert(model, raw)
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == [json.loads(t) for t in (STATS, ALERT, RECOVERY)]
+    assert lines[1] == (
+        '{"v":1,"at":"2026-11-28T04:30:00+00:00","avg":12.008,"hits":1441,"type":"alert",'
+        '"group":"default","message":"High traffic generated an alert - hits = 1441, triggered '
+        'at 2026-11-28T04:30:00+00:00","alert_id":3,"window_s":120,"threshold":10.0}'
+    )
+    assert err.getvalue() == ""
+
+
+def test_plain_sink_prints_stats_and_messages_verbatim() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    sink = LineSink(out, err)
+    alert, raw = parse_payload(ALERT)
+    assert isinstance(alert, AlertPayload)
+    sink.alert(alert, raw)
+    assert out.getvalue() == alert.message + "\n"
+
+
+def test_escape_sequences_never_reach_the_terminal() -> None:
+    evil = "/x\x1b]0;pwned\x07\x1b[2J\u202e\x9b31m"
+    assert "\x1b" not in safe(evil) and "\x07" not in safe(evil) and "\x9b" not in safe(evil)
+    assert safe(evil).startswith("/x^[]0;pwned\ufffd^[[2J\ufffd\ufffd")
+    stats = stats_at(0, 4.0, sections=[[evil, 10]], users=[["\x1b[31mmallory", 1]])
+    assert "\x1b" not in plain_stats(stats)
+    assert "\x1b" not in json_line({"path": evil}) and "\x9b" not in json_line({"path": evil})
+    state = WatchState(group="de\x1bfault", connected=True)
+    state.apply_stats(stats.model_copy(update={"group": "de\x1bfault"}))
+    state.streams = [StreamInfo("h\x1b[1m", "/tmp/\x1b[2Jx.log", 5, T0, False, True)]
+    console = Console(width=100, height=30, record=True, force_terminal=True)
+    console.print(WatchView(state, now=T0))
+    styled = console.export_text(styles=True)
+    # Only rich's own SGR sequences (ESC [ digits ; m) appear; nothing from the data.
+    import re
+
+    leftover = re.sub(r"\x1b\[[0-9;]*m", "", styled)
+    assert "\x1b" not in leftover and "\x9b" not in leftover
+    assert "^[]0;pwned" in leftover and "/tmp/^[[2Jx.log" in leftover
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (100, 30), (160, 48)])
+def test_live_view_shows_its_parts_during_an_alert(width: int, height: int) -> None:
+    text = render(alert_state(), width, height)
+    lines = text.splitlines()
+    assert len(lines) == height and all(len(line) <= width for line in lines)
+    assert "HIGH TRAFFIC ALERT" in text  # banner
+    assert "High traffic generated an alert - hits = 1441" in text  # banner / messages
+    assert "top sections" in text and "/pages" in text and "41%" in text  # 50 of 123
+    assert "threshold 10" in text and "10.0┤" in text  # threshold drawn on the chart
+    assert "█" in text and "╌" in text  # bars and the threshold line
+    assert "2-min avg 12.01 req/s vs threshold 10" in text
+    assert "2xx 100" in text and "16.3%" in text and "12 hosts" in text
+    assert "web1:/tmp/access.log" in text and "lag 0 B" in text
+    assert "group default" in text and "newest bucket 04:29:50 UTC" in text
+
+
+def test_live_view_without_alert_or_data() -> None:
+    state = WatchState(group="default", connected=False, status="connection lost: boom")
+    text = render(state, 80, 24)
+    assert "HIGH TRAFFIC ALERT" not in text
+    assert "connection lost: boom" in text
+    assert "no data yet" in text and "no alerts yet" in text
+
+
+def test_recovery_clears_the_banner_and_lists_newest_first() -> None:
+    state = alert_state()
+    recovery, _ = parse_payload(RECOVERY)
+    assert isinstance(recovery, RecoveryPayload)
+    assert state.apply_alert(recovery)
+    assert not state.apply_alert(recovery)  # duplicates are dropped
+    text = render(state, 100, 30)
+    assert "HIGH TRAFFIC ALERT" not in text
+    rec = text.index("High traffic alert recovered")
+    assert rec < text.index("High traffic generated an alert")
+
+
+def test_state_keeps_buckets_in_order() -> None:
+    state = WatchState(group="default")
+    assert state.apply_stats(stats_at(1, 4.0))
+    assert not state.apply_stats(stats_at(0, 4.0))
+    assert not state.apply_stats(stats_at(1, 5.0))  # re-published bucket replaces the summary
+    assert state.latest is not None and state.latest.rps == 5.0
+    assert not state.apply_stats(stats_at(2, 4.0, group="other"))
+
+
+def test_chart_marks_the_threshold_row() -> None:
+    text = chart([1.0, 5.0, 20.0], 10.0, width=20, height=4).plain.splitlines()
+    assert len(text) == 4 and all(len(line) == 20 for line in text)
+    thr = [line for line in text if line.startswith(" 10.0┤")]
+    assert len(thr) == 1 and "╌" in thr[0]

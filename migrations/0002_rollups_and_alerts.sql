@@ -58,9 +58,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Start of the 10-second bucket holding t (date_bin needs PostgreSQL 14; we support 13).
+-- STABLE (date_part on timestamptz is) so the planner inlines it: a per-row function call
+-- would dominate the rollup trigger's cost.
 CREATE FUNCTION puppylog.bucket_of(t timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT to_timestamp(floor(extract(epoch FROM t) / 10) * 10)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT to_timestamp(floor(date_part('epoch', t) / 10) * 10)
 $$;
 
 -- Keep the rollups current, in the ingest transaction, once per COPY statement.
@@ -90,17 +92,25 @@ BEGIN
         s5xx = s.s5xx + excluded.s5xx,
         s_other = s.s_other + excluded.s_other;
 
-    INSERT INTO puppylog.bucket_counts AS b (group_id, bucket, dim, key, hits)
-    SELECT x.group_id, x.bucket, v.dim, left(v.key, 200), count(*)
-    FROM (
-        SELECT st.group_id, puppylog.bucket_of(n.ts) AS bucket,
+    -- The bucket is computed once per row (not once per row and dimension), keys are
+    -- grouped and ordered bytewise (COLLATE "C": a locale-aware sort costs several times more).
+    WITH rows AS MATERIALIZED (
+        SELECT n.stream_id, puppylog.bucket_of(n.ts) AS bucket,
                n.section, n.method, n.auth_user, n.remote_host
         FROM new_rows n
-        JOIN puppylog.log_streams st ON st.id = n.stream_id
-    ) x
-    CROSS JOIN LATERAL (VALUES ('s'::"char", x.section), ('m', x.method),
-                               ('u', x.auth_user), ('h', x.remote_host)) AS v (dim, key)
-    WHERE v.key IS NOT NULL
+    ), keyed AS (
+        SELECT r.stream_id, r.bucket, v.dim, left(v.key, 200) COLLATE "C" AS key,
+               count(*) AS hits
+        FROM rows r
+        CROSS JOIN LATERAL (VALUES ('s'::"char", r.section), ('m', r.method),
+                                   ('u', r.auth_user), ('h', r.remote_host)) AS v (dim, key)
+        WHERE v.key IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+    )
+    INSERT INTO puppylog.bucket_counts AS b (group_id, bucket, dim, key, hits)
+    SELECT st.group_id, k.bucket, k.dim, k.key, sum(k.hits)
+    FROM keyed k
+    JOIN puppylog.log_streams st ON st.id = k.stream_id
     GROUP BY 1, 2, 3, 4
     ORDER BY 1, 2, 3, 4
     ON CONFLICT (group_id, bucket, dim, key) DO UPDATE SET hits = b.hits + excluded.hits;
@@ -126,31 +136,56 @@ $$;
 -- The level of every second in (p_from, p_to] at which the alert rule can change its mind:
 -- +1 above the threshold, -1 below the recovery threshold, 0 in between. Seconds whose window
 -- holds no traffic are skipped except the first one after traffic (where a recovery can
--- happen), so long idle gaps cost nothing.
+-- happen), so long idle gaps cost nothing. One pass: the candidate seconds are the islands
+-- [first traffic, last traffic + window] of the traffic, and each window's hits is a running
+-- sum over a RANGE frame (no per-second subquery).
 CREATE FUNCTION puppylog.second_levels(
     p_group integer, p_from timestamptz, p_to timestamptz, p_window integer,
     p_threshold double precision, p_recovery double precision)
 RETURNS TABLE (t timestamptz, hits bigint, avg double precision, level integer)
 LANGUAGE sql STABLE AS $$
-    WITH candidates AS (
-        SELECT DISTINCT c.t
+    WITH traffic AS (
+        SELECT s.ts, s.hits
         FROM puppylog.stats_seconds s
-        CROSS JOIN LATERAL generate_series(
-            greatest(s.ts, p_from + interval '1 second'),
-            least(s.ts + make_interval(secs => p_window), p_to),
-            interval '1 second') AS c (t)
         WHERE s.group_id = p_group
           AND s.ts > p_from - make_interval(secs => p_window)
           AND s.ts <= p_to
-    ), valued AS (
-        SELECT c.t, puppylog.window_hits(p_group, c.t, p_window) AS hits FROM candidates c
+    ), marked AS (
+        -- A new island starts where the previous second with traffic is out of reach.
+        SELECT tr.ts,
+               CASE WHEN lag(tr.ts) OVER (ORDER BY tr.ts)
+                         >= tr.ts - make_interval(secs => p_window + 1)
+                    THEN 0 ELSE 1 END AS starts
+        FROM traffic tr
+    ), islands AS (
+        SELECT m.ts, sum(m.starts) OVER (ORDER BY m.ts) AS island FROM marked m
+    ), spans AS (
+        SELECT min(i.ts) AS lo, max(i.ts) + make_interval(secs => p_window) AS hi
+        FROM islands i GROUP BY i.island
+    ), timeline AS (
+        -- Every candidate second (with its own hits), plus the traffic before p_from that
+        -- still lies in the first candidates' windows.
+        SELECT c.t, coalesce(tr.hits, 0) AS hits, true AS candidate
+        FROM spans sp
+        CROSS JOIN LATERAL generate_series(greatest(sp.lo, p_from + interval '1 second'),
+                                           least(sp.hi, p_to), interval '1 second') AS c (t)
+        LEFT JOIN traffic tr ON tr.ts = c.t
+        UNION ALL
+        SELECT tr.ts, tr.hits, false FROM traffic tr WHERE tr.ts <= p_from
+    ), summed AS (
+        SELECT tl.t, tl.candidate,
+               sum(tl.hits) OVER (ORDER BY tl.t RANGE BETWEEN
+                                  make_interval(secs => p_window - 1) PRECEDING
+                                  AND CURRENT ROW)::bigint AS hits
+        FROM timeline tl
     )
-    SELECT v.t, v.hits, v.hits::double precision / p_window,
-           CASE WHEN v.hits::double precision / p_window > p_threshold THEN 1
-                WHEN v.hits::double precision / p_window < p_recovery THEN -1
+    SELECT sm.t, sm.hits, sm.hits::double precision / p_window,
+           CASE WHEN sm.hits::double precision / p_window > p_threshold THEN 1
+                WHEN sm.hits::double precision / p_window < p_recovery THEN -1
                 ELSE 0 END
-    FROM valued v
-    ORDER BY v.t
+    FROM summed sm
+    WHERE sm.candidate
+    ORDER BY sm.t
 $$;
 
 -- Stateless: the alert intervals implied by the per-second rollup alone, evaluated with the

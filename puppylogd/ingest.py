@@ -29,6 +29,9 @@ log = structlog.get_logger("puppylogd.ingest")
 REJECTED_COLUMNS = ("stream_id", "reason", "detail", "line")
 # An idle stream reports its watermark this often, so quiet time counts as zero traffic.
 HEARTBEAT_SECONDS = 1.0
+# Beat just after each wall-clock second, so a second closes (and its alert is decided)
+# right when it can, not up to a heartbeat later.
+HEARTBEAT_SLACK = 0.02
 # Retry delays while the database is away: start small, cap so recovery is prompt.
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
@@ -38,6 +41,11 @@ NO_PARTITION = "no partition of relation"
 # While a batch's transaction runs, check this often that its connection is still alive:
 # asyncpg can wait forever in a COPY whose backend was terminated.
 CONN_CHECK_SECONDS = 0.5
+
+
+def _until_next_second() -> float:
+    """Return the seconds until just after the next wall-clock second (the idle heartbeat)."""
+    return HEARTBEAT_SECONDS - (time.time() % HEARTBEAT_SECONDS) + HEARTBEAT_SLACK
 
 
 class CheckpointConflict(Exception):
@@ -399,7 +407,7 @@ class StreamIngest:
                     getter = asyncio.create_task(queue.get(), name=f"next-batch:{self.path}")
                     done, _ = await asyncio.wait(
                         {getter, producer, stopper},
-                        timeout=HEARTBEAT_SECONDS,
+                        timeout=_until_next_second(),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     if producer in done:

@@ -458,14 +458,27 @@ class StreamIngest:
     async def run_once(self) -> None:
         """Store what the file holds now, close its time at its last timestamp, and return."""
         while True:
+            pending: asyncio.Task[None] | None = None
             try:
                 while (chunk := self._tailer.read_available(self.settings.batch_lines)) is not None:
-                    await self._commit(self._prepare(chunk))
+                    # Parse the next batch while PostgreSQL stores the previous one: the two
+                    # run on different cores.
+                    batch = self._prepare(chunk)
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.create_task(self._commit(batch), name=f"commit:{self.path}")
+                    await asyncio.sleep(0)  # let the COPY get under way before parsing on
+                if pending is not None:
+                    await pending
+                    pending = None
                 # Time stops at the last timestamp: close that second too.
                 final = self._max_ts + timedelta(seconds=1) if self._max_ts else None
                 await self._heartbeat(final)
                 return
             except FAILURES as exc:
+                if pending is not None:
+                    pending.cancel()
+                    await asyncio.gather(pending, return_exceptions=True)
                 await self._handle_failure(exc)
 
     async def mark_stopped(self) -> None:

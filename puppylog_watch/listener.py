@@ -29,22 +29,14 @@ from puppylog_watch.models import (
     parse_payload,
 )
 from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
+from puppylogd.db import DB_ERRORS
 
 __all__ = ["CHANNELS", "Listener", "Sink"]
 
 CHANNELS = ("puppylog_stats", "puppylog_alerts")
 
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.PostgresError,
-)
+# What a lost, refused or broken connection can raise: reconnect, never crash.
+CONNECTION_ERRORS = DB_ERRORS
 
 _GROUP_SQL = """
 SELECT id, threshold, window_s, alert_state FROM puppylog.log_groups WHERE name = $1

@@ -16,8 +16,13 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from puppylogd import __version__
-from puppylogd.config import Settings, describe_error
-from puppylogd.logs import configure_logging
+from puppylogd.config import (
+    PASSWORD_ON_COMMAND_LINE,
+    Settings,
+    describe_error,
+    dsn_has_password,
+)
+from puppylogd.logs import configure_logging, mask_dsn
 
 # Flags spelt differently from their setting: a repeatable --log-file fills log_files.
 _FLAG_NAMES = {"log_files": "--log-file"}
@@ -242,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(settings, plain=bool(args.plain), duration=args.duration)
     configure_logging(settings.log_level, settings.log_format)
+    if getattr(args, "dsn", None) and dsn_has_password(args.dsn):
+        structlog.get_logger("puppylogd").warning(PASSWORD_ON_COMMAND_LINE)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
 
@@ -279,11 +286,16 @@ async def _migrate(settings: Settings) -> int:
     if dsn is None:
         cluster, dsn, own = await open_embedded(settings)
     try:
-        conn = await db.connect(dsn, application_name="puppylogd-migrate")
         try:
-            applied = await apply_migrations(conn)
-        finally:
-            await conn.close()
+            conn = await db.connect(dsn, application_name="puppylogd-migrate")
+            try:
+                applied = await apply_migrations(conn)
+            finally:
+                await conn.close()
+        except db.DB_ERRORS as exc:
+            # e.g. a role without DDL rights: one clear line, not a traceback.
+            log.error("migrations failed", error=str(exc), dsn=mask_dsn(dsn))
+            return 1
         log.info("migrations applied" if applied else "schema is up to date", applied=applied)
         return 0
     finally:

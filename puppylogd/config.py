@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,6 +12,20 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LOG_FILE = Path("/tmp/access.log")
+
+# Logged when --dsn on the command line carries a password: any local user can read a
+# process's arguments (ps, /proc/PID/cmdline).
+PASSWORD_ON_COMMAND_LINE = (
+    "the --dsn on the command line contains a password, which any local user can read "
+    "(ps, /proc); use PUPPYLOG_DSN, --dsn-file or ~/.pgpass (PGPASSFILE) instead"
+)
+# user:secret@ in a URI, or a password key (conninfo "password=", URI "?password=").
+_DSN_PASSWORD = re.compile(r"://[^/?#@\s]*:[^/?#\s]*@|(?:^|[\s?&])password\s*=", re.IGNORECASE)
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Return whether a DSN (URI or key/value conninfo) spells out a password."""
+    return _DSN_PASSWORD.search(dsn) is not None
 
 
 def default_state_dir() -> Path:

@@ -35,8 +35,12 @@ HEARTBEAT_SLACK = 0.02
 # Retry delays while the database is away: start small, cap so recovery is prompt.
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
-# Records dated further ahead than this are rejected: they would hold partitions hostage.
-FUTURE_LIMIT = timedelta(days=1)
+# Records dated further ahead of the wall clock than this are rejected ("timestamp in the
+# future"). A stream's watermark follows its newest record, and a closed second can never
+# reopen: a line from a skewed clock an hour ahead would close an hour of seconds early and
+# make every genuine line of that hour late. Five minutes covers NTP-disciplined hosts and
+# buffered writers; the watermark is also clamped to the wall clock (``_watermark``).
+FUTURE_LIMIT = timedelta(minutes=5)
 NO_PARTITION = "no partition of relation"
 # While a batch's transaction runs, check this often that its connection is still alive:
 # asyncpg can wait forever in a COPY whose backend was terminated.
@@ -232,11 +236,14 @@ class StreamIngest:
 
         Lines up to ``lateness`` out of order are waited for; while the stream is caught up
         (live, at end of file) time also advances with the wall clock, so quiet time counts
-        as zero traffic.
+        as zero traffic. It never passes the wall clock (minus ``lateness``), whatever the
+        timestamps say.
         """
+        wall = datetime.now(UTC).replace(microsecond=0) - self._lateness
         data = max_ts - self._lateness if max_ts is not None else None
+        if data is not None and data > wall:
+            data = wall  # never ahead of the wall clock: a fast clock cannot close our seconds
         if caught_up and not self.settings.once:
-            wall = datetime.now(UTC).replace(microsecond=0) - self._lateness
             return wall if data is None else max(data, wall)
         return data
 
@@ -471,8 +478,11 @@ class StreamIngest:
                 if pending is not None:
                     await pending
                     pending = None
-                # Time stops at the last timestamp: close that second too.
+                # Time stops at the last timestamp: close that second too (but never a
+                # second the wall clock has not reached: a fast clock must not close it).
                 final = self._max_ts + timedelta(seconds=1) if self._max_ts else None
+                if final is not None:
+                    final = min(final, datetime.now(UTC).replace(microsecond=0))
                 await self._heartbeat(final)
                 return
             except FAILURES as exc:

@@ -61,9 +61,13 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
     """Apply every pending migration, each in its own transaction; return the names applied.
 
     Holds a session advisory lock for the whole run so concurrent starts are safe; re-running
-    is a no-op.
+    is a no-op. When every migration is already applied nothing is created or locked, so a
+    role without DDL rights (a ``puppylog_writer`` daemon) may call it: ``CREATE SCHEMA IF
+    NOT EXISTS`` alone needs CREATE on the database even when the schema exists.
     """
     migrations = load_migrations(folder)
+    if {m.version for m in migrations} <= await applied_versions(conn):
+        return []
     done: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

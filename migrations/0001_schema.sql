@@ -112,6 +112,11 @@ DECLARE
     part record;
     upper_bound timestamptz;
 BEGIN
+    -- Retention is at least one day: refuse a cut-off that would drop today's data (this runs
+    -- with the owner's rights, so a writer role must not be able to wipe the table with it).
+    IF p_cutoff > now() - interval '1 day' THEN
+        RAISE EXCEPTION 'refusing to drop partitions newer than one day (cut-off %)', p_cutoff;
+    END IF;
     FOR part IN
         SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
         FROM pg_inherits i

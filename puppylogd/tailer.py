@@ -27,6 +27,12 @@ Decisions:
   than renamed).  While the path is missing the old descriptor is simply followed on (a
   writer may still be appending to the deleted file); it is kept open until a new file
   appears at the path.
+* Rotations while stopped: when the checkpoint's file has been renamed (found by inode and
+  fingerprint in the path's directory), it is drained from the checkpoint, then the rotated
+  siblings written after it (``<name>.<suffix>``, regular, not ``.gz``/``.bz2``/``.xz``/
+  ``.zst``, newer mtime; a smaller counter when both suffixes are counters), oldest first,
+  each from offset 0, and then the file at the path: after two rotations the checkpoint's
+  file is ``access.log.2`` and ``access.log.1`` is read too.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, restarts it at offset 0 (event ``"truncated"``).
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
@@ -68,6 +74,10 @@ EVENTS: tuple[str, ...] = ("rotated", "truncated", "replaced", "appeared")
 _SCAN_BLOCK = 65536  # block size when looking backwards for the last newline (from_end)
 
 _REPLACED = "checkpoint file replaced: starting at 0"
+
+# Rotated siblings with these endings are compressed copies, never read.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+_COUNTER_DIGITS = 4  # longest suffix read as a rotation counter (access.log.1 .. .9999)
 
 # Outcomes of one non-blocking collection step.
 _FULL = "full"  # the chunk holds max_lines items
@@ -316,11 +326,16 @@ class _File:
 
 
 def _open_file(path: Path) -> _File | None:
-    """Open ``path`` read-only; return None if it does not exist or is not a regular file."""
+    """Open ``path`` read-only; return None if it does not exist or is not a regular file.
+
+    A directory on the way that is a regular file (``NotADirectoryError``) is raised like
+    any other error opening the path: it is a misconfiguration to report, not a file to
+    wait for.
+    """
     try:
         # O_NONBLOCK: opening a FIFO must not hang the tailer; it is rejected below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
     try:
         st = os.fstat(fd)
@@ -332,6 +347,18 @@ def _open_file(path: Path) -> _File | None:
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
+
+
+def _older_counter(suffix: str, old_suffix: str) -> bool:
+    """Return whether rotation counter ``suffix`` is at least ``old_suffix`` (an older file).
+
+    Only short all-digit suffixes are counters (``access.log.3``); dates such as
+    ``.20261128`` grow with time instead and are ordered by mtime alone.
+    """
+    if not all(x.isascii() and x.isdigit() for x in (suffix, old_suffix)):
+        return False
+    counters = len(suffix) <= _COUNTER_DIGITS and len(old_suffix) <= _COUNTER_DIGITS
+    return counters and int(suffix) >= int(old_suffix)
 
 
 def _check_against(f: _File, cp: Position) -> str:
@@ -391,6 +418,9 @@ class Tailer:
         self._cur: _File | None = None
         self._prev: _File | None = None  # file before the last switch, kept for rewind
         self._next: _File | None = None  # file to switch to after a rewind into _prev
+        # Rotated siblings to drain, in order, after the current file and before the path
+        # (files rotated while the daemon was stopped, between the checkpoint's and the path).
+        self._chain: list[_File] = []
         self._last: Position = NO_FILE  # end of the last emitted chunk
         self._acc: _Acc | None = None
         self._pending_event: str | None = None
@@ -405,8 +435,8 @@ class Tailer:
         file was renamed in the same directory: it is drained first), ``"truncated"``,
         ``"checkpoint file replaced: starting at 0"``, ``"new file"``, ``"from end"``,
         ``"waiting for file"``.  The first chunk's ``start`` is ``checkpoint`` when given.
-        A missing file (or directory) is waited for; other errors opening an existing
-        file (e.g. ``PermissionError``) are raised.
+        A missing file (or directory) is waited for; other errors opening the path (e.g.
+        ``PermissionError``, a symlink loop, a directory that is a file) are raised.
         """
         self.close()
         if checkpoint is None:
@@ -447,6 +477,7 @@ class Tailer:
                 f.close()
             old.seek(checkpoint.offset)
             self._cur = old
+            self._chain = self._rotated_since(old, f.ident if f is not None else None)
             return f"resumed from rotated file {old.name}"
         if f is None:
             return "waiting for file"
@@ -473,6 +504,55 @@ class Tailer:
                     return f
                 f.close()
         return None
+
+    def _rotated_since(self, old: _File, current: tuple[int, int] | None) -> list[_File]:
+        """Open the rotated siblings written after ``old``, oldest first.
+
+        A sibling is a regular, uncompressed file named ``<path name>.<suffix>`` in the
+        path's directory, other than ``old`` and the file at the path, modified after ``old``
+        (and, when both are rotation counters like ``.1``/``.2``, with a smaller counter: a
+        higher counter is an older rotation even if it was touched later). With two
+        rotations while stopped, the checkpoint's file is ``access.log.2`` and
+        ``access.log.1`` still holds lines never read.
+        """
+        try:
+            old_mtime = os.fstat(old.fd).st_mtime_ns
+            it = os.scandir(self.path.parent)
+        except OSError:
+            return []
+        prefix = self.path.name + "."
+        found: list[tuple[int, str, _File]] = []
+        with it:
+            for entry in it:
+                name = entry.name
+                if not name.startswith(prefix) or name.endswith(_COMPRESSED):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    f = _open_file(Path(entry.path))
+                except OSError:
+                    continue
+                if f is None:
+                    continue
+                try:
+                    mtime = os.fstat(f.fd).st_mtime_ns
+                except OSError:
+                    f.close()
+                    continue
+                if (
+                    f.ident in (old.ident, current)
+                    or mtime <= old_mtime
+                    or _older_counter(
+                        name[len(prefix) :],
+                        old.name[len(prefix) :] if old.name.startswith(prefix) else "",
+                    )
+                ):
+                    f.close()
+                    continue
+                found.append((mtime, name, f))
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [f for _, _, f in found]
 
     def rewind(self, pos: Position) -> None:
         """Discard buffers and continue from ``pos``, a committed position.
@@ -531,10 +611,11 @@ class Tailer:
 
     def close(self) -> None:
         """Close every descriptor and forget buffered data."""
-        for f in (self._cur, self._prev, self._next):
+        for f in (self._cur, self._prev, self._next, *self._chain):
             if f is not None:
                 f.close()
         self._cur = self._prev = self._next = None
+        self._chain = []
         self._acc = None
         self._pending_event = None
         self._caught_up = False
@@ -687,6 +768,9 @@ class Tailer:
         if st.st_size > f.read_off:
             return None  # grew between the read and the fstat: read on
         target = self._next
+        chained = target is None and bool(self._chain)
+        if chained:
+            target = self._chain[0]  # a rotated sibling comes before the path
         if target is None:
             try:
                 pst = os.stat(self.path)
@@ -712,6 +796,9 @@ class Tailer:
                     target.close()
                 return _IDLE
             f.switch_event = "rotated" if st.st_nlink > 0 else "replaced"
+        elif chained:
+            self._chain.pop(0)
+            f.switch_event = f.switch_event or "rotated"
         else:
             self._next = None
         acc = self._acc

@@ -1,0 +1,192 @@
+"""Rotations while the tailer was stopped: every rotated file after the checkpoint is read.
+
+With two (or more) rotations while the daemon is down, the checkpoint's file is now
+``access.log.2`` and ``access.log.1`` holds lines never read. After draining the
+checkpoint's file the tailer drains the newer rotated siblings, oldest first, then follows
+the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+from puppylogd.tailer import Chunk, Position, Tailer
+
+
+def make(path: Path, *, rotate_grace: float = 0.05) -> Tailer:
+    return Tailer(path, poll_interval=0.01, rotate_grace=rotate_grace)
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
+
+
+def drain(t: Tailer, max_lines: int = 1000) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    while (chunk := t.read_available(max_lines)) is not None:
+        chunks.append(chunk)
+    assert t.at_eof()
+    return chunks
+
+
+def lines_of(chunks: list[Chunk]) -> list[bytes]:
+    return [line for c in chunks for line in c.lines]
+
+
+def assert_contiguous(chunks: list[Chunk]) -> None:
+    for a, b in itertools.pairwise(chunks):
+        assert b.start == a.end
+
+
+def rotate(p: Path, keep: int = 5) -> None:
+    """Rotate like logrotate (numbered, no compression): .N-1 -> .N ... path -> .1."""
+    for n in range(keep - 1, 0, -1):
+        older = p.with_name(f"{p.name}.{n}")
+        if older.exists():
+            older.rename(p.with_name(f"{p.name}.{n + 1}"))
+    p.rename(p.with_name(p.name + ".1"))
+    time.sleep(0.01)  # distinct mtimes even on coarse clocks
+
+
+def checkpoint_after(p: Path, data: bytes) -> Position:
+    """Write ``data`` to a new ``p``, read it all and return the end position."""
+    p.write_bytes(data)
+    t = make(p)
+    t.open(None)
+    cp = drain(t)[-1].end
+    t.close()
+    time.sleep(0.01)
+    return cp
+
+
+async def test_two_rotations_while_stopped_read_the_middle_file(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\na2\n")
+    append(p, b"a3\n")  # after the checkpoint, before the first rotation
+    rotate(p)
+    p.write_bytes(b"b1\nb2\npartial")  # a writer that moved on leaves no newline
+    rotate(p)
+    p.write_bytes(b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.2"
+    chunks: list[Chunk] = []
+    async with asyncio.timeout(5):
+        while len(lines_of(chunks)) < 5:
+            chunks.append(await t.next_chunk(100, 0.02))
+    assert lines_of(chunks) == [b"a3", b"b1", b"b2", b"partial", b"c1"]
+    assert chunks[0].start == cp
+    assert [c.event for c in chunks if c.event] == ["rotated", "rotated"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_three_rotations_read_available_drains_all_in_order(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    for name in (b"b", b"c", b"d"):
+        rotate(p)
+        p.write_bytes(name + b"1\n" + name + b"2\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.3"
+    chunks = drain(t, max_lines=2)
+    assert lines_of(chunks) == [b"a2", b"b1", b"b2", b"c1", b"c2", b"d1", b"d2"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_older_compressed_and_odd_siblings_are_not_read(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    (tmp_path / "access.log.4").write_bytes(b"older rotation\n")
+    time.sleep(0.01)
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    rotate(p, keep=2)  # .1 -> .2, path -> .1 (.4 untouched)
+    p.write_bytes(b"b1\n")
+    rotate(p, keep=2)  # the checkpoint's file is now .2
+    p.write_bytes(b"c1\n")
+    # Newer than the checkpoint's file, but not rotated copies of it to read:
+    (tmp_path / "access.log.1.gz").write_bytes(b"compressed\n")
+    (tmp_path / "access.log.zst").write_bytes(b"compressed\n")
+    (tmp_path / "access.log.3").write_bytes(b"higher counter: older rotation\n")
+    (tmp_path / "access.log.9").mkdir()
+    (tmp_path / "access.log.7").symlink_to(p)
+    (tmp_path / "other.log.1").write_bytes(b"another log\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.2"
+    assert lines_of(drain(t)) == [b"a2", b"b1", b"c1"]
+    t.close()
+
+
+def test_checkpoint_on_the_path_ignores_siblings(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    (tmp_path / "access.log.1").write_bytes(b"not ours\n")
+    append(p, b"a2\n")
+    t = make(p)
+    assert t.open(cp) == "resumed"
+    assert lines_of(drain(t)) == [b"a2"]
+    t.close()
+
+
+def test_date_suffixes_are_ordered_by_mtime(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    p.rename(tmp_path / "access.log.20261127")
+    time.sleep(0.01)
+    p.write_bytes(b"b1\n")
+    p.rename(tmp_path / "access.log.20261128")
+    time.sleep(0.01)
+    p.write_bytes(b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.20261127"
+    assert lines_of(drain(t)) == [b"a2", b"b1", b"c1"]
+    t.close()
+
+
+def test_rewind_anywhere_in_the_chain_replays_the_same_chunks(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\na3\n")
+    rotate(p)
+    p.write_bytes(b"b1\nb2\nb3\n")
+    rotate(p)
+    p.write_bytes(b"c1\nc2\n")
+    t = make(p)
+    t.open(cp)
+    chunks = drain(t, max_lines=2)
+    assert lines_of(chunks) == [b"a2", b"a3", b"b1", b"b2", b"b3", b"c1", b"c2"]
+    assert_contiguous(chunks)
+    for i in range(len(chunks)):
+        t.rewind(chunks[i].start)
+        assert drain(t, max_lines=2) == chunks[i:], i
+    t.close()
+
+
+def test_restart_at_a_checkpoint_in_the_middle_file(tmp_path: Path) -> None:
+    """A checkpoint committed on access.log.1 (then rotated to .2) resumes there."""
+    p = tmp_path / "access.log"
+    cp0 = checkpoint_after(p, b"a1\n")
+    rotate(p)
+    p.write_bytes(b"b1\nb2\n")
+    t = make(p)
+    t.open(cp0)
+    first = t.read_available(100)
+    assert first is not None
+    assert first.lines == [b"b1", b"b2"]  # switched to the new file (nothing left in .1)
+    cp = first.end
+    t.close()
+    append(p, b"b3\n")
+    rotate(p)
+    p.write_bytes(b"c1\n")
+    rotate(p)
+    p.write_bytes(b"d1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.2"
+    assert lines_of(drain(t)) == [b"b3", b"c1", b"d1"]
+    t.close()

@@ -39,6 +39,7 @@ CREATE TABLE puppylog.log_streams (
     caught_up      boolean NOT NULL DEFAULT false,
     stopped        boolean NOT NULL DEFAULT false,  -- its daemon exited cleanly
     heartbeat_at   timestamptz,
+    owner          text NOT NULL DEFAULT current_user,  -- role that registered it (see 0003)
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (group_id, host, path)

@@ -2,8 +2,8 @@
 --   puppylog_reader  read-only clients (puppylog-watch): USAGE on the schema, SELECT on every
 --                    table and view, EXECUTE on the read-only functions. LISTEN needs no grant.
 --   puppylog_writer  daemons (puppylogd): SELECT everywhere; INSERT records and rejected
---                    lines; INSERT/UPDATE groups and streams (registration, checkpoints,
---                    heartbeats); DELETE the aged rollups and rejected lines (retention).
+--                    lines; INSERT/UPDATE groups and its own streams (registration,
+--                    checkpoints, heartbeats; see the row-level security below); DELETE the aged rollups and rejected lines (retention).
 --                    Records are never updated or deleted by a daemon: partitions are created
 --                    and dropped by the SECURITY DEFINER functions ensure_partitions and
 --                    drop_partitions_before, rollups and alerts written by the SECURITY
@@ -60,3 +60,16 @@ EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'puppylog roles not created or granted (insufficient privilege): %', SQLERRM;
 END;
 $$;
+
+-- A daemon's role may register streams and move checkpoints of its own streams only: row-level
+-- security on log_streams, keyed on the login role that registered the stream. Daemons that
+-- share one login role share their streams; give each web host its own login role in
+-- puppylog_writer to keep them apart. The tables' owner (who migrates) and superusers are
+-- exempt, and so are the SECURITY DEFINER functions. Policies are for PUBLIC so that roles
+-- granted by hand (where puppylog_writer could not be created) get the same rule.
+ALTER TABLE puppylog.log_streams ENABLE ROW LEVEL SECURITY;
+CREATE POLICY log_streams_read ON puppylog.log_streams FOR SELECT USING (true);
+CREATE POLICY log_streams_register ON puppylog.log_streams FOR INSERT
+    WITH CHECK (owner = current_user);
+CREATE POLICY log_streams_own ON puppylog.log_streams FOR UPDATE
+    USING (owner = current_user) WITH CHECK (owner = current_user);

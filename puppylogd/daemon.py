@@ -17,7 +17,7 @@ import structlog
 from puppylogd import db
 from puppylogd.config import Settings
 from puppylogd.embedded import Cluster
-from puppylogd.ingest import StreamIngest
+from puppylogd.ingest import StreamIngest, StreamOwnedElsewhere
 from puppylogd.logs import RateLimitedReporter, mask_dsn
 from puppylogd.migrations import apply_migrations
 from puppylogd.parser import Rejected
@@ -195,6 +195,8 @@ class Daemon:
             try:
                 await ingest.register()
                 return True
+            except StreamOwnedElsewhere as exc:
+                raise DaemonError(str(exc)) from None
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     await self._file_failed(ingest, exc)
@@ -234,6 +236,8 @@ class Daemon:
                 break
             try:
                 await ingest.register()
+            except StreamOwnedElsewhere as exc:
+                raise DaemonError(str(exc)) from None
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     self._progress()
@@ -435,7 +439,10 @@ class Daemon:
             ingest = StreamIngest(
                 self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
             )
-            await ingest.register()
+            try:
+                await ingest.register()
+            except StreamOwnedElsewhere as exc:
+                raise DaemonError(str(exc)) from None
             ingests.append(ingest)
         try:
             await asyncio.gather(

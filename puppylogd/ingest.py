@@ -56,6 +56,10 @@ class CheckpointConflict(Exception):
     """The stream's checkpoint moved under us: someone else tails the same stream."""
 
 
+class StreamOwnedElsewhere(Exception):
+    """The stream was registered by another database role: this one may not move it."""
+
+
 # What makes a stream rewind to its committed checkpoint and carry on.
 FAILURES: tuple[type[BaseException], ...] = (CheckpointConflict, *db.DB_ERRORS)
 
@@ -160,9 +164,19 @@ class StreamIngest:
     async def register(self) -> str:
         """Register the stream, open the tailer at the committed checkpoint; say what happened."""
         conn = await self._connection()
-        row = await conn.fetchrow(
-            db.query("register_stream"), self.group_id, self.settings.host, str(self.path)
-        )
+        key = (self.group_id, self.settings.host, str(self.path))
+        try:
+            row = await conn.fetchrow(db.query("register_stream"), *key)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            owner = await conn.fetchrow(db.query("stream_owner"), *key)
+            if owner is None or owner["owner"] == owner["me"]:
+                raise
+            raise StreamOwnedElsewhere(
+                f"stream {self.settings.host}:{self.path} (id {owner['id']}) was registered "
+                f"by database role {owner['owner']!r}, not {owner['me']!r}: run this daemon "
+                f"as that role, or have the schema owner hand it over: UPDATE "
+                f"puppylog.log_streams SET owner = '{owner['me']}' WHERE id = {owner['id']}"
+            ) from exc
         assert row is not None
         self.stream_id = int(row["id"])
         self._parser = Parser(self.stream_id)

@@ -3,7 +3,8 @@
 * After the owner migrated, a login role in ``puppylog_writer`` runs the daemon (records,
   rejected lines, checkpoints, heartbeats, partitions through the SECURITY DEFINER function,
   retention, ``puppylogd migrate`` as a no-op) but cannot drop, alter, truncate, delete or
-  update records, or call the reader-only surface's writers.
+  update records, or call the reader-only surface's writers; it moves only the streams it
+  registered (row-level security): another daemon role gets a clear refusal.
 * A login role in ``puppylog_reader`` can SELECT, LISTEN and run ``puppylog-watch --plain``,
   but cannot write anything, call the functions that write, or run the daemon.
 * Passwords: a scram-protected role connects with the password from ``PGPASSFILE`` or from
@@ -36,6 +37,7 @@ from tests.integration.helpers import (
     counts,
     daemon_cmd,
     daemon_env,
+    query_rows,
     query_val,
     recent,
     run_cli,
@@ -157,6 +159,71 @@ def test_writer_role_runs_the_daemon_but_cannot_drop_or_alter(
     ]
     assert run_async(lambda: denied(writer, statements)) == []
     assert counts(db_dsn).rows == 12
+
+
+async def rows_changed(dsn: str, statements: list[str]) -> list[str]:
+    """Return the status tag of each statement run as ``dsn``'s role (e.g. ``UPDATE 0``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [await conn.execute(sql) for sql in statements]
+    finally:
+        await conn.close()
+
+
+def test_a_daemon_role_moves_only_its_own_streams(
+    db_dsn: str, tmp_path: Path, make_role: Callable[[str], str]
+) -> None:
+    web1, web2 = make_role("puppylog_writer"), make_role("puppylog_writer")
+    role1, role2 = urlsplit(web1).username, urlsplit(web2).username
+    log, other = tmp_path / "access.log", tmp_path / "other.log"
+    append(log, clf_lines(0, 5, recent(60)))
+    append(other, clf_lines(100, 3, recent(60)))
+    run_once(web1, log)
+    run_once(web2, other)  # a stream of its own: fine
+    owners = {
+        r["path"]: r["owner"]
+        for r in query_rows(db_dsn, "SELECT path, owner FROM puppylog.log_streams")
+    }
+    assert owners == {str(log): role1, str(other): role2}
+
+    # The same file and host under another role: one clear line, exit 1, nothing stored.
+    append(log, clf_lines(5, 2, recent(30)))
+    result = run_once(web2, log, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"was registered by database role '{role1}'" in output, output
+    assert "Traceback" not in output
+    with start_daemon(web2, log, poll_interval=0.05) as daemon:  # live: the same refusal
+        assert daemon.wait(30) == 1, daemon.output()
+        assert f"was registered by database role '{role1}'" in daemon.output()
+    assert counts(db_dsn).rows == 8
+
+    # Nor through SQL: web1's stream is invisible to web2's updates, and cannot be forged.
+    sid = query_val(db_dsn, "SELECT id FROM puppylog.log_streams WHERE path = $1", str(log))
+    tags = run_async(
+        lambda: rows_changed(
+            web2,
+            [
+                f"UPDATE puppylog.log_streams SET byte_offset = 0 WHERE id = {sid}",
+                f"UPDATE puppylog.log_streams SET owner = current_user WHERE id = {sid}",
+                "UPDATE puppylog.log_streams SET byte_offset = 0",  # only its own stream
+            ],
+        )
+    )
+    assert tags == ["UPDATE 0", "UPDATE 0", "UPDATE 1"]
+    forged = [
+        "INSERT INTO puppylog.log_streams (group_id, host, path, owner) "
+        f"SELECT group_id, 'h', '/forged', '{role1}' FROM puppylog.log_streams WHERE id = {sid}",
+        f"UPDATE puppylog.log_streams SET owner = '{role1}' WHERE path = '{other}'",
+    ]
+    assert run_async(lambda: denied(web2, forged)) == []
+    assert query_val(db_dsn, "SELECT byte_offset FROM puppylog.log_streams WHERE id = $1", sid)
+
+    # The schema owner hands the stream over; web2 then resumes at web1's checkpoint.
+    query_val(db_dsn, f"UPDATE puppylog.log_streams SET owner = '{role2}' WHERE id = {sid}")
+    run_once(web2, log)
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates) == (10, 0)
 
 
 READER_DENIED = [

@@ -7,6 +7,7 @@ required under CI (``CI=true``), where a missing tool fails the test instead.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,3 +228,34 @@ def test_sysusers_creates_the_user(tmp_path: Path) -> None:
     groups = (tmp_path / "etc" / "group").read_text(encoding="utf-8")
     assert "\npuppylog:" in "\n" + groups
     assert "\nadm:" in "\n" + groups
+
+
+PACKAGING_README = PACKAGING / "README.md"
+# Settings the packaging README names as something to put in a drop-in, not in the unit.
+DROP_IN_EXAMPLES = {("ProtectHome", "read-only"), ("SupplementaryGroups", "nginx")}
+
+
+def test_packaging_readme_matches_the_unit(unit: dict[str, dict[str, list[str]]]) -> None:
+    """Every ``Key=value`` the packaging README states is what the unit sets; files exist."""
+    text = PACKAGING_README.read_text(encoding="utf-8")
+    service = unit["Service"]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks show drop-ins
+    not_used = re.search(r"Not used, on purpose:(.*?)(?:\n- |\n#|\Z)", prose, re.S)
+    assert not_used is not None
+    absent = set(re.findall(r"`(\w+)=", not_used.group(1)))
+    assert absent >= {"PrivateTmp", "PrivateNetwork", "IPAddressDeny", "PrivateUsers"}
+    for key in absent:
+        assert key not in service, f"README says {key}= is not used, but the unit sets it"
+    # Unit settings are CamelCase; READY=1 and friends are sd_notify messages.
+    claims = re.findall(r"`([A-Z][a-z]\w*)=([^`]+)`", prose.replace(not_used.group(1), ""))
+    assert len(claims) >= 10, claims
+    for key, value in claims:
+        if (key, value) in DROP_IN_EXAMPLES:
+            continue
+        assert value in service.get(key, []), (
+            f"README says {key}={value}; the unit: {service.get(key)}"
+        )
+    for name in re.findall(r"^\| `([^`]+)` \|", text, re.M):
+        assert (PACKAGING / name).is_file(), f"README lists {name}, which is not in {PACKAGING}"
+    for key in ("StateDirectory", "RuntimeDirectory", "ConfigurationDirectory"):
+        assert f"`{key}=`" in text and _single(unit, "Service", key) == "puppylog"

@@ -256,11 +256,14 @@ CREATE VIEW puppylog.alert_events AS
 -- enable_seqscan off: a 10-second slice of log_records must use the index on ts; with the
 -- bucket as a parameter and a fresh (unanalysed) partition the planner may otherwise scan the
 -- whole day's partition for every bucket (seen: 25 ms instead of 1 ms per bucket at 300k
--- rows, growing with the partition).
+-- rows, growing with the partition). enable_sort off: the planner expects a handful of rows
+-- and sorts a busy bucket's clients to count them, on disk; hashing them is twice as fast
+-- (500k rows, 5,000 clients: 95 ms instead of 200 ms; the top-n lists still sort, there is
+-- no other way for them).
 CREATE FUNCTION puppylog.bucket_payload(p_group integer, p_bucket timestamptz,
                                         p_rejected bigint)
 RETURNS jsonb
-LANGUAGE plpgsql STABLE SET enable_seqscan = off AS $$
+LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_sort = off AS $$
 DECLARE
     g puppylog.log_groups;
     agg record;
@@ -293,10 +296,13 @@ BEGIN
         'methods', puppylog.bucket_top(p_group, p_bucket, 'm', 5),
         -- Counted once when the bucket closes rather than kept per client in bucket_counts:
         -- one row per client and bucket made the rollup cost about half of all COPY time.
-        'unique_hosts', (SELECT count(DISTINCT r.remote_host) FROM puppylog.log_records r
-                         WHERE r.ts >= p_bucket AND r.ts < p_bucket + interval '10 seconds'
-                           AND r.stream_id IN (SELECT st.id FROM puppylog.log_streams st
-                                               WHERE st.group_id = p_group)),
+        -- A DISTINCT subquery, not count(DISTINCT), which always sorts.
+        'unique_hosts', (SELECT count(*) FROM (
+                             SELECT DISTINCT r.remote_host FROM puppylog.log_records r
+                             WHERE r.ts >= p_bucket
+                               AND r.ts < p_bucket + interval '10 seconds'
+                               AND r.stream_id IN (SELECT st.id FROM puppylog.log_streams st
+                                                   WHERE st.group_id = p_group)) AS d),
         'users', puppylog.bucket_top(p_group, p_bucket, 'u', 5),
         'rejected', p_rejected,
         'avg', round(win_hits::numeric / g.window_s, 3),

@@ -277,9 +277,10 @@ async def _migrate(settings: Settings) -> int:
     """Apply migrations (the embedded database is started for it when no DSN is set)."""
     from puppylogd import db
     from puppylogd.daemon import open_embedded
-    from puppylogd.migrations import apply_migrations
+    from puppylogd.migrations import MigrationError, apply_migrations
 
     log = structlog.get_logger("puppylogd")
+    failures: tuple[type[BaseException], ...] = (*db.DB_ERRORS, MigrationError)
     dsn = settings.resolved_dsn()
     cluster = None
     own = False
@@ -292,8 +293,8 @@ async def _migrate(settings: Settings) -> int:
                 applied = await apply_migrations(conn)
             finally:
                 await conn.close()
-        except db.DB_ERRORS as exc:
-            # e.g. a role without DDL rights: one clear line, not a traceback.
+        except failures as exc:
+            # e.g. a role without DDL rights, or a schema from another build: one clear line.
             log.error("migrations failed", error=str(exc), dsn=mask_dsn(dsn))
             return 1
         log.info("migrations applied" if applied else "schema is up to date", applied=applied)

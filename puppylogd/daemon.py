@@ -19,7 +19,7 @@ from puppylogd.config import Settings
 from puppylogd.embedded import Cluster
 from puppylogd.ingest import StreamIngest, StreamOwnedElsewhere
 from puppylogd.logs import RateLimitedReporter, mask_dsn
-from puppylogd.migrations import apply_migrations
+from puppylogd.migrations import MigrationError, apply_migrations
 from puppylogd.parser import Rejected
 from puppylogd.systemd import Systemd, get_systemd
 
@@ -131,7 +131,10 @@ class Daemon:
         self._control = await connect_with_retry(dsn, self.systemd, self.stop)
         if self._control is None:
             return False
-        applied = await apply_migrations(self._control)
+        try:
+            applied = await apply_migrations(self._control)
+        except MigrationError as exc:
+            raise DaemonError(str(exc)) from None
         if applied:
             log.info("migrations applied", migrations=applied)
         await self._register_group()

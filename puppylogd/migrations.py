@@ -1,7 +1,14 @@
-"""Apply the SQL migrations in order, once, under an advisory lock."""
+"""Apply the SQL migrations in order, once, under an advisory lock.
+
+Each applied migration is recorded with a SHA-256 of its text. A database whose recorded
+migrations differ from the shipped files (edited after they were applied, or applied by a
+newer puppylogd) is refused with a clear error rather than run against a schema the code does
+not know.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +23,10 @@ MIGRATION_LOCK_KEY = 0x7075707079_6C6F67 & 0x7FFFFFFFFFFFFFFF
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+class MigrationError(Exception):
+    """The database's schema does not match the migrations this puppylogd ships."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One migration file: its version, name and SQL text."""
@@ -23,6 +34,14 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
 def migrations_dir() -> Path:
@@ -48,13 +67,41 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
     return found
 
 
-async def applied_versions(conn: asyncpg.Connection) -> set[int]:
-    """Return the versions recorded in puppylog.schema_migrations (empty if none)."""
-    exists = await conn.fetchval("SELECT to_regclass('puppylog.schema_migrations') IS NOT NULL")
-    if not exists:
-        return set()
-    rows = await conn.fetch("SELECT version FROM puppylog.schema_migrations")
-    return {int(r["version"]) for r in rows}
+async def recorded_migrations(conn: asyncpg.Connection) -> dict[int, str | None]:
+    """Return version -> recorded checksum from puppylog.schema_migrations (empty if none)."""
+    columns = await conn.fetch(
+        "SELECT attname FROM pg_attribute "
+        "WHERE attrelid = to_regclass('puppylog.schema_migrations') AND attnum > 0 "
+        "AND NOT attisdropped"
+    )
+    if not columns:
+        return {}
+    if "checksum" not in {r["attname"] for r in columns}:
+        rows = await conn.fetch("SELECT version, NULL AS checksum FROM puppylog.schema_migrations")
+    else:
+        rows = await conn.fetch("SELECT version, checksum FROM puppylog.schema_migrations")
+    return {int(r["version"]): r["checksum"] for r in rows}
+
+
+def verify(migrations: list[Migration], recorded: dict[int, str | None]) -> None:
+    """Raise MigrationError unless every recorded migration is one of ``migrations``, unchanged."""
+    shipped = {m.version: m for m in migrations}
+    newer = sorted(v for v in recorded if v not in shipped)
+    if newer:
+        raise MigrationError(
+            f"the database has migration {newer[-1]:04d}, newer than this puppylogd knows "
+            f"(it ships up to {max(shipped, default=0):04d}): upgrade puppylogd"
+        )
+    for version, checksum in sorted(recorded.items()):
+        migration = shipped[version]
+        if checksum != migration.checksum:
+            why = "was recorded without a checksum" if checksum is None else "differs"
+            raise MigrationError(
+                f"migration {migration.label} applied to this database {why} from the one "
+                "this puppylogd ships: the schema was made by another development build and "
+                "cannot be upgraded in place; recreate the database (the embedded one: stop "
+                "puppylogd and move its state directory away)"
+            )
 
 
 async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None) -> list[str]:
@@ -63,10 +110,13 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
     Holds a session advisory lock for the whole run so concurrent starts are safe; re-running
     is a no-op. When every migration is already applied nothing is created or locked, so a
     role without DDL rights (a ``puppylog_writer`` daemon) may call it: ``CREATE SCHEMA IF
-    NOT EXISTS`` alone needs CREATE on the database even when the schema exists.
+    NOT EXISTS`` alone needs CREATE on the database even when the schema exists. Raises
+    MigrationError if the applied migrations are not the shipped ones (see the module doc).
     """
     migrations = load_migrations(folder)
-    if {m.version for m in migrations} <= await applied_versions(conn):
+    recorded = await recorded_migrations(conn)
+    verify(migrations, recorded)
+    if {m.version for m in migrations} <= set(recorded):
         return []
     done: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
@@ -77,22 +127,26 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
             CREATE TABLE IF NOT EXISTS puppylog.schema_migrations (
                 version integer PRIMARY KEY,
                 name text NOT NULL,
+                checksum text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
             );
             """
         )
-        have = await applied_versions(conn)
+        recorded = await recorded_migrations(conn)  # another daemon may have migrated
+        verify(migrations, recorded)
         for migration in migrations:
-            if migration.version in have:
+            if migration.version in recorded:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO puppylog.schema_migrations (version, name) VALUES ($1, $2)",
+                    "INSERT INTO puppylog.schema_migrations (version, name, checksum) "
+                    "VALUES ($1, $2, $3)",
                     migration.version,
                     migration.name,
+                    migration.checksum,
                 )
-            done.append(f"{migration.version:04d}_{migration.name}")
+            done.append(migration.label)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return done

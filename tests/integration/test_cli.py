@@ -75,6 +75,38 @@ def test_migrate_applies_then_is_a_no_op(empty_dsn: str) -> None:
     assert [tuple(r) for r in again] == [tuple(r) for r in recorded]
 
 
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (
+            "UPDATE puppylog.schema_migrations SET checksum = md5(checksum) WHERE version = 2",
+            "applied to this database differs from the one this puppylogd ships",
+        ),
+        (
+            "INSERT INTO puppylog.schema_migrations (version, name, checksum) "
+            "VALUES (999, 'future', 'x')",
+            "the database has migration 0999, newer than this puppylogd knows",
+        ),
+    ],
+)
+def test_a_schema_from_another_build_is_refused(
+    empty_dsn: str, tmp_path: Path, tamper: str, message: str
+) -> None:
+    """Edited or unknown applied migrations: one clear line and exit 1, from both commands."""
+    env = {"PUPPYLOG_LOG_FORMAT": "json"}
+    assert run_cli("migrate", "--dsn", empty_dsn, env=env).returncode == 0
+    query_val(empty_dsn, tamper)
+    log = tmp_path / "access.log"
+    log.write_text("")
+    for args in (["migrate"], ["--once", "--log-file", str(log)]):
+        result = run_cli(*args, "--dsn", empty_dsn, env=env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert message in output
+        assert "Traceback" not in output
+        assert len(output.strip().splitlines()) == 1, output
+
+
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["migrate", "--help"]])
 def test_help(args: list[str]) -> None:
     """--help prints usage and exits 0, naming the main flags."""

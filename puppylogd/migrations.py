@@ -95,12 +95,15 @@ def verify(migrations: list[Migration], recorded: dict[int, str | None]) -> None
     for version, checksum in sorted(recorded.items()):
         migration = shipped[version]
         if checksum != migration.checksum:
-            why = "was recorded without a checksum" if checksum is None else "differs"
+            why = (
+                "was recorded without a checksum (by an older development build)"
+                if checksum is None
+                else "differs from the one this puppylogd ships"
+            )
             raise MigrationError(
-                f"migration {migration.label} applied to this database {why} from the one "
-                "this puppylogd ships: the schema was made by another development build and "
-                "cannot be upgraded in place; recreate the database (the embedded one: stop "
-                "puppylogd and move its state directory away)"
+                f"migration {migration.label} applied to this database {why}: the schema "
+                "was made by another build and cannot be upgraded in place; recreate the "
+                "database (the embedded one: stop puppylogd and move its state directory away)"
             )
 
 

@@ -67,6 +67,16 @@ class Lines:
         return "".join(parts).encode()
 
 
+def rotate(path: Path) -> None:
+    """logrotate without compression: access.log.1 -> .2, access.log -> .1, new access.log."""
+    one = path.with_name(path.name + ".1")
+    if one.exists():
+        one.rename(path.with_name(path.name + ".2"))
+    path.rename(one)
+    path.touch()
+    time.sleep(0.01)  # distinct mtimes: the tailer orders rotated siblings by them
+
+
 def stream_totals(dsn: str) -> tuple[int, int]:
     """Return (lines_stored, lines_rejected) summed over the streams (cheap to poll)."""
     (row,) = query_rows(

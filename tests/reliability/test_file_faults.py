@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import DaemonProcess, append, start_daemon
-from tests.reliability.support import LIVE, Lines, assert_exact, record, wait_stored
+from tests.reliability.support import LIVE, Lines, assert_exact, record, rotate, wait_stored
 
 INVALID_EVERY = 40
 
@@ -27,16 +27,6 @@ def events(daemon: DaemonProcess) -> list[dict[str, Any]]:
         if line.startswith("{"):
             out.append(json.loads(line))
     return out
-
-
-def rotate(path: Path) -> None:
-    """logrotate without compression: access.log.1 -> .2, access.log -> .1, new access.log."""
-    one = path.with_name(path.name + ".1")
-    if one.exists():
-        one.rename(path.with_name(path.name + ".2"))
-    path.rename(one)
-    path.touch()
-    time.sleep(0.01)
 
 
 def overwrite_in_place(path: Path, data: bytes) -> None:

@@ -26,6 +26,7 @@ from tests.reliability.support import (
     caught_up_with,
     committed_offset,
     record,
+    rotate,
     wait_stored,
     write_slices,
 )
@@ -36,15 +37,6 @@ STEPS = 25  # one SIGKILL per step
 INVALID_EVERY = 33  # about 3 % invalid
 ROTATE_AT = (6, 18)
 COPYTRUNCATE_AT = 12
-
-
-def rotate(path: Path) -> None:
-    """logrotate without compression: access.log.1 -> .2, access.log -> .1, new access.log."""
-    one = path.with_name(path.name + ".1")
-    if one.exists():
-        one.rename(path.with_name(path.name + ".2"))
-    path.rename(one)
-    path.touch()
 
 
 @pytest.mark.slow

@@ -14,23 +14,12 @@ import time
 from pathlib import Path
 
 from puppylogd.tailer import Chunk, Position, Tailer
+from tests.unit.test_tailer import append, drain
+from tests.unit.test_tailer import make as make_tailer
 
 
-def make(path: Path, *, rotate_grace: float = 0.05) -> Tailer:
-    return Tailer(path, poll_interval=0.01, rotate_grace=rotate_grace)
-
-
-def append(path: Path, data: bytes) -> None:
-    with path.open("ab") as fh:
-        fh.write(data)
-
-
-def drain(t: Tailer, max_lines: int = 1000) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    while (chunk := t.read_available(max_lines)) is not None:
-        chunks.append(chunk)
-    assert t.at_eof()
-    return chunks
+def make(path: Path) -> Tailer:
+    return make_tailer(path, rotate_grace=0.05)
 
 
 def lines_of(chunks: list[Chunk]) -> list[bytes]:

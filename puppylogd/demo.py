@@ -65,10 +65,15 @@ def _tail(path: Path, lines: int = 30) -> str:
 async def _wait_ready(
     dsn_of: str | None, settings: Settings, daemon: subprocess.Popen[bytes], deadline: float
 ) -> str | None:
-    """Wait until the database answers and the group has a stream; return the DSN."""
+    """Wait until the database answers and this daemon has registered; return the DSN.
+
+    A stream counts only with a heartbeat since we first reached the database: a database
+    kept from an earlier run already has streams, and its daemon may yet fail to start.
+    """
     from puppylogd.embedded import Cluster
 
     cluster = Cluster(settings.state_dir) if dsn_of is None else None
+    since: object = None  # the database's clock when first reached
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
             return None
@@ -79,10 +84,14 @@ async def _wait_ready(
             try:
                 conn = await asyncpg.connect(dsn, timeout=5)
                 try:
+                    if since is None:
+                        since = await conn.fetchval("SELECT now()")
                     ready = await conn.fetchval(
                         "SELECT count(*) FROM puppylog.log_streams s "
-                        "JOIN puppylog.log_groups g ON g.id = s.group_id WHERE g.name = $1",
+                        "JOIN puppylog.log_groups g ON g.id = s.group_id "
+                        "WHERE g.name = $1 AND s.heartbeat_at >= $2",
                         settings.group,
+                        since,
                     )
                 finally:
                     await conn.close()
@@ -155,7 +164,10 @@ def run_demo(settings: Settings, *, plain: bool = False, duration: float | None 
             daemon=True,
         )
         traffic.start()
-        return asyncio.run(_watch(dsn, settings.group, mode, end))
+        code = asyncio.run(_watch(dsn, settings.group, mode, end, daemon))
+        if daemon.poll() not in (None, 0):
+            return 1  # said in the finally clause, with where its log is
+        return code
     except KeyboardInterrupt:
         return 0
     finally:
@@ -168,11 +180,24 @@ def run_demo(settings: Settings, *, plain: bool = False, duration: float | None 
                 _say(f"puppylogd exited with {code}; see {daemon_log}")
 
 
-async def _watch(dsn: str, group: str, mode: str, end: float | None) -> int:
+async def _watch(
+    dsn: str, group: str, mode: str, end: float | None, daemon: subprocess.Popen[bytes]
+) -> int:
+    """Show the watch until ``end`` or Ctrl-C; stop at once if the daemon dies meanwhile."""
     from puppylog_watch.app import watch_async
     from puppylog_watch.state import WatchState
 
     stop = asyncio.Event()
     if end is not None:
         asyncio.get_running_loop().call_later(max(end - time.monotonic(), 0.0), stop.set)
-    return await watch_async(dsn, WatchState(group=group), mode=mode, stop=stop)
+
+    async def daemon_alive() -> None:
+        while daemon.poll() is None:
+            await asyncio.sleep(0.5)
+        stop.set()  # a watch of a dead daemon would show stale numbers forever
+
+    monitor = asyncio.create_task(daemon_alive(), name="demo-daemon-monitor")
+    try:
+        return await watch_async(dsn, WatchState(group=group), mode=mode, stop=stop)
+    finally:
+        monitor.cancel()

@@ -74,6 +74,10 @@ class Batch:
     max_ts: datetime | None
     caught_up: bool
     file_size: int | None
+    # When ``caught_up`` was observed. A batch may wait long for its commit (a stalled
+    # server): its watermark must be the wall clock of then, not of the commit, or seconds
+    # whose lines are still unread would be closed.
+    read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(slots=True)
@@ -243,9 +247,12 @@ class StreamIngest:
             max_ts=max_ts,
             caught_up=self._tailer.at_eof(),
             file_size=self._tailer.file_size(),
+            read_at=datetime.now(UTC),
         )
 
-    def _watermark(self, max_ts: datetime | None, caught_up: bool) -> datetime | None:
+    def _watermark(
+        self, max_ts: datetime | None, caught_up: bool, now: datetime | None = None
+    ) -> datetime | None:
         """Event time before which this stream is complete (see README, time semantics).
 
         Lines up to ``lateness`` out of order are waited for; while the stream is caught up
@@ -253,7 +260,7 @@ class StreamIngest:
         as zero traffic. It never passes the wall clock (minus ``lateness``), whatever the
         timestamps say.
         """
-        wall = datetime.now(UTC).replace(microsecond=0) - self._lateness
+        wall = (now or datetime.now(UTC)).replace(microsecond=0) - self._lateness
         data = max_ts - self._lateness if max_ts is not None else None
         if data is not None and data > wall:
             data = wall  # never ahead of the wall clock: a fast clock cannot close our seconds
@@ -330,7 +337,7 @@ class StreamIngest:
         max_ts = self._max_ts
         if batch.max_ts is not None:
             max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
-        watermark = self._watermark(max_ts, batch.caught_up)
+        watermark = self._watermark(max_ts, batch.caught_up, batch.read_at)
         async with conn.transaction():
             if batch.rows:
                 await conn.copy_records_to_table(

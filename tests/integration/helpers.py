@@ -167,6 +167,9 @@ class DaemonProcess(subprocess.Popen[bytes]):
     """A running ``puppylogd``; stdout and stderr go to ``log_path``."""
 
     log_path: Path
+    # A log file made for it in the temporary directory: removed when the test passes (kept
+    # for a look when it fails).
+    own_log: bool = False
 
     def output(self) -> str:
         """Return what the daemon has logged so far."""
@@ -205,6 +208,8 @@ class DaemonProcess(subprocess.Popen[bytes]):
                 self.kill9()
         finally:
             super().__exit__(exc_type, exc, tb)
+            if self.own_log and exc_type is None:
+                self.log_path.unlink(missing_ok=True)
 
 
 def start_daemon(
@@ -218,6 +223,7 @@ def start_daemon(
 
     Leaving the ``with`` block kills it if still running.  Call ``stop()`` for a clean stop.
     """
+    owned = log_path is None
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="puppylogd-", suffix=".log")
         os.close(fd)
@@ -234,6 +240,7 @@ def start_daemon(
     finally:
         out.close()
     proc.log_path = log_path
+    proc.own_log = owned
     return proc
 
 

@@ -3,7 +3,8 @@
 --                    table and view, EXECUTE on the read-only functions. LISTEN needs no grant.
 --   puppylog_writer  daemons (puppylogd): SELECT everywhere; INSERT records and rejected
 --                    lines; INSERT/UPDATE groups and its own streams (registration,
---                    checkpoints, heartbeats; see the row-level security below); DELETE the aged rollups and rejected lines (retention).
+--                    checkpoints, heartbeats; see the row-level security below); DELETE
+--                    the aged rollups and rejected lines (retention).
 --                    Records are never updated or deleted by a daemon: partitions are created
 --                    and dropped by the SECURITY DEFINER functions ensure_partitions and
 --                    drop_partitions_before, rollups and alerts written by the SECURITY

@@ -259,11 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from puppylogd.daemon import Daemon, DaemonError
     from puppylogd.embedded import EmbeddedError
+    from puppylogd.ingest import StreamOwnedElsewhere
+    from puppylogd.migrations import MigrationError
 
     log = structlog.get_logger("puppylogd")
     try:
         return asyncio.run(Daemon(settings, reload=reload).run())
-    except (DaemonError, EmbeddedError) as exc:
+    except (DaemonError, EmbeddedError, MigrationError, StreamOwnedElsewhere) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     except KeyboardInterrupt:

@@ -17,9 +17,9 @@ import structlog
 from puppylogd import db
 from puppylogd.config import Settings
 from puppylogd.embedded import Cluster
-from puppylogd.ingest import StreamIngest, StreamOwnedElsewhere
+from puppylogd.ingest import StreamIngest
 from puppylogd.logs import RateLimitedReporter, mask_dsn
-from puppylogd.migrations import MigrationError, apply_migrations
+from puppylogd.migrations import apply_migrations
 from puppylogd.parser import Rejected
 from puppylogd.systemd import Systemd, get_systemd
 
@@ -131,10 +131,7 @@ class Daemon:
         self._control = await connect_with_retry(dsn, self.systemd, self.stop)
         if self._control is None:
             return False
-        try:
-            applied = await apply_migrations(self._control)
-        except MigrationError as exc:
-            raise DaemonError(str(exc)) from None
+        applied = await apply_migrations(self._control)
         if applied:
             log.info("migrations applied", migrations=applied)
         await self._register_group()
@@ -198,8 +195,6 @@ class Daemon:
             try:
                 await ingest.register()
                 return True
-            except StreamOwnedElsewhere as exc:
-                raise DaemonError(str(exc)) from None
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     await self._file_failed(ingest, exc)
@@ -239,8 +234,6 @@ class Daemon:
                 break
             try:
                 await ingest.register()
-            except StreamOwnedElsewhere as exc:
-                raise DaemonError(str(exc)) from None
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     self._progress()
@@ -442,10 +435,7 @@ class Daemon:
             ingest = StreamIngest(
                 self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
             )
-            try:
-                await ingest.register()
-            except StreamOwnedElsewhere as exc:
-                raise DaemonError(str(exc)) from None
+            await ingest.register()
             ingests.append(ingest)
         try:
             await asyncio.gather(

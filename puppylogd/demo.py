@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -73,7 +74,7 @@ async def _wait_ready(
     from puppylogd.embedded import Cluster
 
     cluster = Cluster(settings.state_dir) if dsn_of is None else None
-    since: object = None  # the database's clock when first reached
+    since: datetime | None = None  # the database's clock when first reached
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
             return None

@@ -247,7 +247,6 @@ class StreamIngest:
             max_ts=max_ts,
             caught_up=self._tailer.at_eof(),
             file_size=self._tailer.file_size(),
-            read_at=datetime.now(UTC),
         )
 
     def _watermark(

@@ -69,17 +69,13 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
 
 async def recorded_migrations(conn: asyncpg.Connection) -> dict[int, str | None]:
     """Return version -> recorded checksum from puppylog.schema_migrations (empty if none)."""
-    columns = await conn.fetch(
-        "SELECT attname FROM pg_attribute "
-        "WHERE attrelid = to_regclass('puppylog.schema_migrations') AND attnum > 0 "
-        "AND NOT attisdropped"
-    )
-    if not columns:
+    exists = await conn.fetchval("SELECT to_regclass('puppylog.schema_migrations') IS NOT NULL")
+    if not exists:
         return {}
-    if "checksum" not in {r["attname"] for r in columns}:
-        rows = await conn.fetch("SELECT version, NULL AS checksum FROM puppylog.schema_migrations")
-    else:
-        rows = await conn.fetch("SELECT version, checksum FROM puppylog.schema_migrations")
+    # Through jsonb: a table made before checksums were kept has no such column (NULL then).
+    rows = await conn.fetch(
+        "SELECT version, to_jsonb(m) ->> 'checksum' AS checksum FROM puppylog.schema_migrations m"
+    )
     return {int(r["version"]): r["checksum"] for r in rows}
 
 

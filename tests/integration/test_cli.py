@@ -83,6 +83,10 @@ def test_migrate_applies_then_is_a_no_op(empty_dsn: str) -> None:
             "applied to this database differs from the one this puppylogd ships",
         ),
         (
+            "ALTER TABLE puppylog.schema_migrations DROP COLUMN checksum",  # an older build's
+            "migration 0001_schema applied to this database was recorded without a checksum",
+        ),
+        (
             "INSERT INTO puppylog.schema_migrations (version, name, checksum) "
             "VALUES (999, 'future', 'x')",
             "the database has migration 0999, newer than this puppylogd knows",

@@ -50,8 +50,7 @@ def test_demo_runs_and_prints_stats(pg_tmp_dir: Path) -> None:
     assert not (state / "pgdata" / "postmaster.pid").exists()
 
     # The same state directory holding a schema from another build (an edited migration):
-    # the demo says why the daemon could not start and exits 1, instead of watching the old
-    # database's streams.
+    # the demo says why the daemon could not start and exits 1.
     cluster = Cluster(state)
     cluster.start()
     try:

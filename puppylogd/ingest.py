@@ -46,9 +46,10 @@ NO_PARTITION = "no partition of relation"
 # asyncpg can wait forever in a COPY whose backend was terminated.
 CONN_CHECK_SECONDS = 0.5
 # Lines parsed between two yields to the event loop (about 0.5 ms of work). The COPY in
-# flight only refills the socket when the loop runs, and PostgreSQL drains a full socket
-# buffer in about 2 ms: slices of 2,000 lines left it idle half the time (bench/: bulk
-# ingest 165k lines/s at 2,000, 175k at 500, 200k at 250 and below).
+# flight only refills the socket when the loop runs; between two refills PostgreSQL must
+# find enough data in the socket buffer (see db.widen_send_buffer) to keep busy. bench/,
+# default buffer: bulk ingest 165k lines/s at 2,000 lines, 175k at 500, 200k at 250 and
+# below; with the wide buffer 200k at 1,000, 215k at 250.
 PARSE_SLICE = 250
 
 
@@ -150,6 +151,7 @@ class StreamIngest:
         while self._conn is None or self._conn.is_closed():
             try:
                 self._conn = await db.connect(self.dsn, application_name="puppylogd")
+                db.widen_send_buffer(self._conn)
             except db.CONNECTION_ERRORS as exc:
                 if not self.stats.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))

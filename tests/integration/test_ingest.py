@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from puppylogd.config import Settings
+from puppylogd.db import COPY_SEND_BUFFER
+from puppylogd.ingest import StreamIngest
 from tests.conftest import ClusterFactory
 from tests.integration.helpers import (
     Counts,
@@ -347,3 +351,19 @@ def test_from_end_position_survives_a_kill_before_any_new_line(db_dsn: str, tmp_
         wait_rows(db_dsn, 15, daemon=daemon)
         assert daemon.stop() == 0
     assert_exactly(db_dsn, 15)
+
+
+async def test_the_copy_connection_gets_a_wide_send_buffer(db_dsn: str, tmp_path: Path) -> None:
+    # The daemon's ingest connection asks for a send buffer that holds most of a batch, so
+    # PostgreSQL keeps reading the COPY while the daemon parses (see db.widen_send_buffer).
+    settings = Settings(dsn=db_dsn, log_files=[tmp_path / "access.log"])
+    ingest = StreamIngest(settings, db_dsn, tmp_path / "access.log", group_id=1)
+    try:
+        conn = await ingest._connection()
+        sock = conn._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    finally:
+        await ingest.close()
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text(encoding="ascii"))
+    # Linux reports twice the size asked for (bookkeeping), capped at twice wmem_max.
+    assert granted >= 2 * min(COPY_SEND_BUFFER, wmem_max)

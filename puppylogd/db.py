@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import socket
 from importlib import resources
-from typing import Any
 
 import asyncpg
 
@@ -48,7 +47,7 @@ async def connect(dsn: str, *, application_name: str, timeout: float = 10.0) -> 
 COPY_SEND_BUFFER = 4 * 1024 * 1024
 
 
-def widen_send_buffer(conn: Any, size: int = COPY_SEND_BUFFER) -> int | None:
+def widen_send_buffer(conn: object, size: int = COPY_SEND_BUFFER) -> int | None:
     """Enlarge a Unix-socket connection's send buffer; return the size the kernel granted.
 
     Returns None (and changes nothing) for TCP, whose buffers the kernel autotunes (a fixed

@@ -263,7 +263,7 @@ class StreamIngest:
                     line=raw,
                 )
             )
-        max_ts = max((r[0] for r in rows), default=None) if rows else None
+        max_ts = max((r[0] for r in rows), default=None)
         return Batch(
             chunk=chunk,
             rows=rows,

@@ -21,6 +21,28 @@ def test_shipped_migrations_are_numbered_and_checksummed() -> None:
         assert m.checksum == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# SHA-256 of every migration that has been released. The runner refuses to start on a
+# database whose recorded checksum differs, so editing a released file (even a comment)
+# would lock every existing installation out: change the schema with a new migration.
+# Add a migration's checksum here once it has landed.
+RELEASED = {
+    1: "4665fbb52bf74d7ae08236b4655a9fc99fe13408708495351971f476cba47d05",
+    2: "37043eb3fddd346635f47c8bff90fffa0660431982739c22c901f9943d8cc879",
+    3: "9af92a7233090de1e55c6c0f797bfa8a31fb3ecade59c25d24803bcae803892d",
+    4: "39b9da6456100af50fa6e08a19620e5df39197ac49015c9c2c8651f1c9f8e36a",
+}
+
+
+def test_released_migrations_are_never_edited() -> None:
+    shipped = {m.version: m for m in load_migrations()}
+    for version, checksum in RELEASED.items():
+        assert version in shipped, f"released migration {version:04d} is missing"
+        assert shipped[version].checksum == checksum, (
+            f"{shipped[version].label}.sql has changed since it was released; "
+            "existing databases would refuse this build: revert it and add a new migration"
+        )
+
+
 def test_gaps_and_bad_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "0001_a.sql").write_text("SELECT 1;")
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")

@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from puppylogd.embedded import Cluster, ensure_database
+from puppylogd.ingest import partition_of, split_by_day
 from puppylogd.parser import COLUMNS, Parser, RecordRow
 
 BENCH = Path(__file__).resolve().parent
@@ -163,13 +164,13 @@ async def raw_copy(b: Bench, name: str, rows: list[RecordRow]) -> float:
             rows = [(r[0], sid, *r[2:]) for r in rows]
         t0 = time.perf_counter()
         for i in range(0, len(rows), BATCH_LINES):
+            # Into the day partitions, as the daemon does (the parent would insert row by row).
+            _, by_day = split_by_day(rows[i : i + BATCH_LINES])
             async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "log_records",
-                    schema_name="puppylog",
-                    columns=COLUMNS,
-                    records=rows[i : i + BATCH_LINES],
-                )
+                for day, day_rows in by_day:
+                    await conn.copy_records_to_table(
+                        partition_of(day), schema_name="puppylog", columns=COLUMNS, records=day_rows
+                    )
         return time.perf_counter() - t0
     finally:
         await conn.close()

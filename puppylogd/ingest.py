@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,6 @@ BACKOFF_MAX = 10.0
 # make every genuine line of that hour late. Five minutes covers NTP-disciplined hosts and
 # buffered writers; the watermark is also clamped to the wall clock (``_watermark``).
 FUTURE_LIMIT = timedelta(minutes=5)
-NO_PARTITION = "no partition of relation"
 # While a batch's transaction runs, check this often that its connection is still alive:
 # asyncpg can wait forever in a COPY whose backend was terminated.
 CONN_CHECK_SECONDS = 0.5
@@ -51,6 +51,31 @@ CONN_CHECK_SECONDS = 0.5
 # default buffer: bulk ingest 165k lines/s at 2,000 lines, 175k at 500, 200k at 250 and
 # below; with the wide buffer 200k at 1,000, 215k at 250.
 PARSE_SLICE = 250
+
+
+def partition_of(day: date) -> str:
+    """Return the name of the ``log_records`` partition of a UTC day (ensure_partitions' naming)."""
+    return f"log_records_p{day:%Y%m%d}"
+
+
+def split_by_day(
+    rows: list[RecordRow],
+) -> tuple[datetime | None, list[tuple[date, list[RecordRow]]]]:
+    """Return the newest timestamp and the rows grouped by UTC day, days ascending.
+
+    Rows are COPYed straight into their day's partition (see migration 0005): PostgreSQL
+    inserts in batches into a plain table but row by row into the partitioned parent.
+    """
+    if not rows:
+        return None, []
+    stamps = list(map(itemgetter(0), rows))
+    first, last = min(stamps), max(stamps)
+    if first.date() == last.date():  # nearly always: a batch is seconds of one day
+        return last, [(last.date(), rows)]
+    by_day: dict[date, list[RecordRow]] = {}
+    for row in rows:
+        by_day.setdefault(row[0].date(), []).append(row)
+    return last, sorted(by_day.items())
 
 
 def _until_next_second() -> float:
@@ -80,6 +105,8 @@ class Batch:
     max_ts: datetime | None
     caught_up: bool
     file_size: int | None
+    # The rows again, by UTC day (ascending): one COPY per day partition.
+    days: list[tuple[date, list[RecordRow]]] = field(default_factory=list)
     # When ``caught_up`` was observed (when the chunk was read). A batch may wait long for
     # its commit (a stalled server): its watermark must be the wall clock of then, not of
     # the commit, or seconds whose lines are still unread would be closed.
@@ -263,7 +290,7 @@ class StreamIngest:
                     line=raw,
                 )
             )
-        max_ts = max((r[0] for r in rows), default=None)
+        max_ts, days = split_by_day(rows)
         return Batch(
             chunk=chunk,
             rows=rows,
@@ -271,6 +298,7 @@ class StreamIngest:
             max_ts=max_ts,
             caught_up=caught_up,
             file_size=file_size,
+            days=days,
             read_at=now,
         )
 
@@ -292,33 +320,24 @@ class StreamIngest:
             return wall if data is None else max(data, wall)
         return data
 
-    async def _ensure_partitions(self, conn: asyncpg.Connection, rows: list[RecordRow]) -> None:
-        """Create the daily partitions the batch needs (first and last row; all on a miss)."""
-        if not rows:
-            return
-        days = {rows[0][0].date(), rows[-1][0].date()}
-        missing = days - self._known_days
-        if missing:
-            await conn.execute(db.query("ensure_partitions"), min(missing), max(missing))
-            self._known_days |= missing
-
-    async def _ensure_all_partitions(self, conn: asyncpg.Connection, rows: list[RecordRow]) -> None:
-        """Create partitions for every day in the batch (an out-of-order row missed one)."""
-        days = {r[0].date() for r in rows}
-        for day in sorted(days - self._known_days):
-            await conn.execute(db.query("ensure_partitions"), day, day)
-        self._known_days |= days
+    async def _ensure_partitions(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        """Make sure the batch's day partitions exist (with their rollup trigger and grants)."""
+        for day, _ in batch.days:
+            if day not in self._known_days:
+                await conn.execute(db.query("ensure_partitions"), day, day)
+                self._known_days.add(day)
 
     async def _commit(self, batch: Batch) -> None:
         """Store a batch and move the checkpoint over it, atomically."""
         conn = await self._connection()
-        await self._ensure_partitions(conn, batch.rows)
+        await self._ensure_partitions(conn, batch)
         try:
             await self._guarded(conn, self._write(conn, batch))
-        except asyncpg.PostgresError as exc:
-            if NO_PARTITION not in str(exc):
-                raise
-            await self._ensure_all_partitions(conn, batch.rows)
+        except asyncpg.UndefinedTableError:
+            # A partition this daemon knew of is gone (dropped by hand, or by retention
+            # while a late line for that day was in flight): make it again, once.
+            self._known_days.difference_update(day for day, _ in batch.days)
+            await self._ensure_partitions(conn, batch)
             await self._guarded(conn, self._write(conn, batch))
 
     async def _guarded(self, conn: asyncpg.Connection, work: Coroutine[Any, Any, None]) -> None:
@@ -363,9 +382,9 @@ class StreamIngest:
             max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
         watermark = self._watermark(max_ts, batch.caught_up, batch.read_at)
         async with conn.transaction():
-            if batch.rows:
+            for day, rows in batch.days:
                 await conn.copy_records_to_table(
-                    "log_records", schema_name="puppylog", columns=COLUMNS, records=batch.rows
+                    partition_of(day), schema_name="puppylog", columns=COLUMNS, records=rows
                 )
             if batch.rejected:
                 await conn.copy_records_to_table(

@@ -1,8 +1,9 @@
 """The rollup trigger against a plain-Python recomputation from the same records.
 
-Random rows over two groups (three streams), several COPY statements, keys longer than the
-200-character cut (some equal after it), rows without a user, every status class: after each
-statement, ``stats_seconds`` and ``bucket_counts`` must equal what the records imply.
+Random rows over two groups (three streams), several COPY statements into the parent and into
+the day partition, keys longer than the 200-character cut (some equal after it), rows without
+a user, every status class: after each statement, ``stats_seconds`` and ``bucket_counts`` must
+equal what the records imply.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from puppylogd.ingest import partition_of
 from puppylogd.parser import COLUMNS
 
 T0 = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
@@ -87,10 +89,13 @@ async def test_rollups_equal_a_recomputation_from_the_records(db: asyncpg.Connec
             group_of[sid] = gid
     await db.execute("SELECT puppylog.ensure_partitions($1, $1)", T0.date())
     stored: list[tuple[Any, ...]] = []
-    for n in (1, 700, 2500, 40):
+    # Through the parent (its own trigger) and straight into the day partition (the
+    # partition's trigger, as the daemon does): each statement must be counted exactly once.
+    targets = ["log_records", partition_of(T0.date())] * 2
+    for n, target in zip((1, 700, 2500, 40), targets, strict=True):
         batch = random_rows(rnd, list(group_of), n)
         await db.copy_records_to_table(
-            "log_records", schema_name="puppylog", columns=COLUMNS, records=batch
+            target, schema_name="puppylog", columns=COLUMNS, records=batch
         )
         stored += batch
         want_seconds, want_counts = expected(stored, group_of)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import asyncpg
@@ -62,6 +63,47 @@ def widen_send_buffer(conn: object, size: int = COPY_SEND_BUFFER) -> int | None:
         return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     except OSError:
         return None
+
+
+# timestamptz on the wire: microseconds since PostgreSQL's epoch; int64 extremes are infinity.
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PG_INFINITY = 2**63 - 1
+_PG_NEGATIVE_INFINITY = -(2**63)
+
+
+def encode_timestamptz(value: datetime) -> tuple[int]:
+    """Return an aware datetime as asyncpg's tuple form of timestamptz: ``(microseconds,)``.
+
+    A naive datetime raises TypeError (asyncpg's own encoder would read it as local time).
+    """
+    return ((value - PG_EPOCH) // _MICROSECOND,)
+
+
+def decode_timestamptz(value: tuple[int]) -> datetime:
+    """Return the aware UTC datetime of a timestamptz in tuple form (infinity: max/min)."""
+    (micros,) = value
+    if micros == _PG_INFINITY:
+        return datetime.max.replace(tzinfo=UTC)
+    if micros == _PG_NEGATIVE_INFINITY:
+        return datetime.min.replace(tzinfo=UTC)
+    return PG_EPOCH + timedelta(microseconds=micros)
+
+
+async def use_fast_timestamps(conn: asyncpg.Connection) -> None:
+    """Encode timestamptz values on ``conn`` by plain arithmetic (for the COPY connection).
+
+    asyncpg's built-in encoder compares every value with its two naive infinity sentinels, and
+    comparing an aware datetime with a naive one is slow: the timestamp was about 60 % of the
+    daemon's COPY encoding (bench/: 2.6 -> 1.7 µs per 13-column row on a slow day).
+    """
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=encode_timestamptz,
+        decoder=decode_timestamptz,
+        format="tuple",
+    )
 
 
 # Anything a database round trip can raise that the caller should survive and retry.

@@ -177,8 +177,14 @@ class StreamIngest:
         delay = BACKOFF_START
         while self._conn is None or self._conn.is_closed():
             try:
-                self._conn = await db.connect(self.dsn, application_name="puppylogd")
-                db.widen_send_buffer(self._conn)
+                conn = await db.connect(self.dsn, application_name="puppylogd")
+                db.widen_send_buffer(conn)
+                try:
+                    await db.use_fast_timestamps(conn)
+                except BaseException:
+                    conn.terminate()
+                    raise
+                self._conn = conn
             except db.CONNECTION_ERRORS as exc:
                 if not self.stats.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))

@@ -16,6 +16,7 @@ from tests.integration.helpers import (
     append,
     clf_line,
     counts,
+    query_rows,
     query_val,
     run_once,
     start_daemon,
@@ -100,6 +101,8 @@ def test_a_batch_across_midnight_goes_to_both_partitions(db_dsn: str, tmp_path: 
         n = query_val(db_dsn, f"SELECT count(*) FROM puppylog.{partition_of(day)}")
         assert n == 20, day
     assert query_val(db_dsn, "SELECT sum(hits) FROM puppylog.stats_seconds") == 40
+    stored = query_rows(db_dsn, "SELECT ts, count(*) FROM puppylog.log_records GROUP BY ts")
+    assert {r["ts"]: r["count"] for r in stored} == {before: 20, after: 20}
 
 
 def test_the_daemon_remakes_a_partition_dropped_under_it(db_dsn: str, tmp_path: Path) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from puppylogd.db import widen_send_buffer
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from puppylogd.db import decode_timestamptz, encode_timestamptz, widen_send_buffer
 
 
 class _Transport:
@@ -40,3 +45,24 @@ def test_unix_socket_buffer_is_widened() -> None:
 def test_no_socket_no_change() -> None:
     assert widen_send_buffer(_Conn(None)) is None
     assert widen_send_buffer(object()) is None
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+    ),
+    st.integers(min_value=-23 * 60, max_value=23 * 60),
+)
+def test_timestamps_round_trip_as_microseconds_since_2000(when: datetime, offset: int) -> None:
+    local = when.astimezone(timezone(timedelta(minutes=offset)))  # any offset, same instant
+    (micros,) = encode_timestamptz(local)
+    since = when.replace(tzinfo=None) - datetime(2000, 1, 1)
+    assert micros == (since.days * 86400 + since.seconds) * 10**6 + since.microseconds
+    assert decode_timestamptz((micros,)) == when
+
+
+def test_naive_timestamps_are_refused_and_infinity_is_decoded() -> None:
+    with pytest.raises(TypeError):
+        encode_timestamptz(datetime(2026, 1, 1))
+    assert decode_timestamptz((2**63 - 1,)) == datetime.max.replace(tzinfo=UTC)
+    assert decode_timestamptz((-(2**63),)) == datetime.min.replace(tzinfo=UTC)

@@ -6,6 +6,7 @@ proves there are no duplicates and the exact row count proves there are no gaps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from puppylogd.config import Settings
 from puppylogd.db import COPY_SEND_BUFFER
@@ -367,3 +370,51 @@ async def test_the_copy_connection_gets_a_wide_send_buffer(db_dsn: str, tmp_path
     wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text(encoding="ascii"))
     # Linux reports twice the size asked for (bookkeeping), capped at twice wmem_max.
     assert granted >= 2 * min(COPY_SEND_BUFFER, wmem_max)
+
+
+async def test_once_pipeline_recovers_from_backends_killed_mid_batch(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    # --once commits one batch while it parses the next and has read the one after: a
+    # connection killed at any point of that pipeline rewinds to the checkpoint, and every
+    # line still ends up stored exactly once.
+    log = tmp_path / "access.log"
+    lines = 4000
+    append(log, clf_lines(0, lines, recent(120)))
+    settings = Settings(dsn=db_dsn, log_files=[log], once=True, batch_lines=100)
+    admin = await asyncpg.connect(db_dsn)
+    kills: list[asyncio.Task[Any]] = []
+
+    def kill_the_next_batch() -> None:
+        # Called as a batch commits: the next one is already being sent (or about to be).
+        if ingest.stats.batches in (3, 11, 19, 27):
+            kills.append(
+                asyncio.get_running_loop().create_task(
+                    admin.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            )
+
+    try:
+        group = await admin.fetchval(
+            "INSERT INTO puppylog.log_groups (name) VALUES ('once') RETURNING id"
+        )
+        ingest = StreamIngest(settings, db_dsn, log, group, on_progress=kill_the_next_batch)
+        await ingest.register()
+        try:
+            await asyncio.wait_for(ingest.run_once(), timeout=60)
+        finally:
+            await ingest.close()
+        killed = await asyncio.gather(*kills)
+        row = await admin.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT path) AS d, "
+            "(SELECT sum(lines_stored) FROM puppylog.log_streams) AS stored "
+            "FROM puppylog.log_records"
+        )
+    finally:
+        await admin.close()
+    assert row is not None
+    assert sum(killed) >= 4, killed  # each kill ended the ingest connection
+    assert (row["n"], row["d"], row["stored"]) == (lines, lines, lines)

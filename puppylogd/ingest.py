@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import structlog
@@ -87,12 +87,28 @@ class CheckpointConflict(Exception):
     """The stream's checkpoint moved under us: someone else tails the same stream."""
 
 
+class PreviousBatchFailed(Exception):
+    """The batch before this one was not stored, so this one must not be either."""
+
+
 class StreamOwnedElsewhere(Exception):
     """The stream was registered by another database role: this one may not move it."""
 
 
 # What makes a stream rewind to its committed checkpoint and carry on.
-FAILURES: tuple[type[BaseException], ...] = (CheckpointConflict, *db.DB_ERRORS)
+FAILURES: tuple[type[BaseException], ...] = (
+    CheckpointConflict,
+    PreviousBatchFailed,
+    *db.DB_ERRORS,
+)
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far one batch's transaction has got (see ``StreamIngest.run_once``)."""
+
+    sending: asyncio.Event = field(default_factory=asyncio.Event)  # its rows are going out
+    copied: asyncio.Event = field(default_factory=asyncio.Event)  # its rows are all stored
 
 
 @dataclass(slots=True)
@@ -160,6 +176,8 @@ class StreamIngest:
         self._on_progress = on_progress
         self._on_rejected = on_rejected
         self._conn: asyncpg.Connection | None = None
+        # --once's second COPY connection (see run_once).
+        self._spare: asyncpg.Connection | None = None
         self._tailer = Tailer(
             path, max_line_bytes=settings.max_line_bytes, poll_interval=settings.poll_interval
         )
@@ -169,15 +187,19 @@ class StreamIngest:
         self._committed: Position | None = None
         self._known_days: set[date] = set()
         self._lateness = timedelta(seconds=settings.lateness_seconds)
-        # Set by a batch's transaction once it starts sending its rows (see run_once).
-        self._rows_sending = asyncio.Event()
 
     # -- connection and synchronisation -------------------------------------------------
 
-    async def _connection(self) -> asyncpg.Connection:
-        """Return a live connection, reconnecting with capped backoff while the server is away."""
+    async def _connection(self, spare: bool = False) -> asyncpg.Connection:
+        """Return a live connection, reconnecting with capped backoff while the server is away.
+
+        ``spare`` asks for the second COPY connection of ``run_once`` instead of the main one.
+        """
         delay = BACKOFF_START
-        while self._conn is None or self._conn.is_closed():
+        while True:
+            current = self._spare if spare else self._conn
+            if current is not None and not current.is_closed():
+                break
             try:
                 conn = await db.connect(self.dsn, application_name="puppylogd")
                 db.widen_send_buffer(conn)
@@ -186,7 +208,10 @@ class StreamIngest:
                 except BaseException:
                     conn.terminate()
                     raise
-                self._conn = conn
+                if spare:
+                    self._spare = conn
+                else:
+                    self._conn = conn
             except db.CONNECTION_ERRORS as exc:
                 if not self.stats.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))
@@ -199,13 +224,14 @@ class StreamIngest:
         if self.stats.waiting_for_db:
             log.info("database is back", path=str(self.path))
             self.stats.waiting_for_db = False
-        return self._conn
+        return current
 
     async def _drop_connection(self) -> None:
-        """Forget the current connection (after an error its state is unknown)."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
+        """Forget the current connections (after an error their state is unknown)."""
+        for conn in (self._conn, self._spare):
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        self._conn = self._spare = None
 
     async def register(self) -> str:
         """Register the stream, open the tailer at the committed checkpoint; say what happened."""
@@ -335,18 +361,33 @@ class StreamIngest:
                 await conn.execute(db.query("ensure_partitions"), day, day)
                 self._known_days.add(day)
 
-    async def _commit(self, batch: Batch) -> None:
-        """Store a batch and move the checkpoint over it, atomically."""
-        conn = await self._connection()
+    async def _commit(
+        self,
+        batch: Batch,
+        spare: bool = False,
+        previous: asyncio.Task[None] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Store a batch and move the checkpoint over it, atomically.
+
+        With ``previous`` (the commit of the batch before, on the other connection), the
+        rows are copied at once but the checkpoint only moves once ``previous`` committed.
+        """
+        progress = progress or Progress()
+        conn = await self._connection(spare)
+        if previous is not None and any(day not in self._known_days for day, _ in batch.days):
+            # Making a partition locks the parent table, which the transaction before may
+            # still read (closing a bucket): let it end first rather than deadlock.
+            await asyncio.wait({previous})
         await self._ensure_partitions(conn, batch)
         try:
-            await self._guarded(conn, self._write(conn, batch))
+            await self._guarded(conn, self._write(conn, batch, previous, progress))
         except asyncpg.UndefinedTableError:
             # A partition this daemon knew of is gone (dropped by hand, or by retention
             # while a late line for that day was in flight): make it again, once.
             self._known_days.difference_update(day for day, _ in batch.days)
             await self._ensure_partitions(conn, batch)
-            await self._guarded(conn, self._write(conn, batch))
+            await self._guarded(conn, self._write(conn, batch, previous, progress))
 
     async def _guarded(self, conn: asyncpg.Connection, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` on ``conn``; give up as soon as the connection is seen closed.
@@ -372,29 +413,42 @@ class StreamIngest:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: the caller already has (or ignores) it
 
-    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        batch: Batch,
+        previous: asyncio.Task[None] | None,
+        progress: Progress,
+    ) -> None:
         """Run the batch's transaction: COPY rows, COPY rejects, compare-and-set checkpoint."""
         start, end = batch.chunk.start, batch.chunk.end
-        committed = self._committed
-        if committed is not None and (start.inode, start.offset) != (
-            committed.inode,
-            committed.offset,
-        ):
-            # The reader is not where the database is: never skip or repeat, rewind instead.
-            raise CheckpointConflict(
-                f"batch starts at {start.inode}:{start.offset}, "
-                f"checkpoint is at {committed.inode}:{committed.offset}"
-            )
-        max_ts = self._max_ts
-        if batch.max_ts is not None:
-            max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
-        watermark = self._watermark(max_ts, batch.caught_up, batch.read_at)
         async with conn.transaction():
-            self._rows_sending.set()
+            progress.sending.set()
             for day, rows in batch.days:
                 await conn.copy_records_to_table(
                     partition_of(day), schema_name="puppylog", columns=COLUMNS, records=rows
                 )
+            progress.copied.set()
+            if previous is not None:
+                await asyncio.wait({previous})
+                if previous.cancelled() or previous.exception() is not None:
+                    raise PreviousBatchFailed(
+                        f"batch at {start.inode}:{start.offset} follows one that failed"
+                    )
+            committed = self._committed
+            if committed is not None and (start.inode, start.offset) != (
+                committed.inode,
+                committed.offset,
+            ):
+                # The reader is not where the database is: never skip or repeat, rewind.
+                raise CheckpointConflict(
+                    f"batch starts at {start.inode}:{start.offset}, "
+                    f"checkpoint is at {committed.inode}:{committed.offset}"
+                )
+            max_ts = self._max_ts
+            if batch.max_ts is not None:
+                max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
+            watermark = self._watermark(max_ts, batch.caught_up, batch.read_at)
             if batch.rejected:
                 await conn.copy_records_to_table(
                     "rejected_lines",
@@ -536,32 +590,54 @@ class StreamIngest:
             await self._commit(await self._prepare(chunk))
 
     async def run_once(self) -> None:
-        """Store what the file holds now, close its time at its last timestamp, and return."""
+        """Store what the file holds now, close its time at its last timestamp, and return.
+
+        Two connections take turns: a batch's rows are copied on one while the batch before
+        finishes on the other (its rejects, its checkpoint, the group's evaluation and the
+        commit), so PostgreSQL works on both cores. A batch starts copying only once the
+        one before has stored all its rows (and so run its rollup trigger): the earlier
+        transaction then never waits for a row the later one holds, while the later one may
+        wait for the earlier, and its checkpoint moves only after the earlier committed.
+        """
         while True:
-            pending: asyncio.Task[None] | None = None
+            # In flight, oldest first (at most two: one per connection).
+            commits: list[tuple[asyncio.Task[None], Progress]] = []
             committing: Batch | None = None
             try:
+                spare = False
                 chunk = self._tailer.read_available(self.settings.batch_lines)
                 while chunk is not None:
-                    # Parse the next batch while PostgreSQL stores the previous one (the
-                    # parse yields between slices, so the commit task keeps going).
+                    # Parse the next batch while PostgreSQL stores the previous ones (the
+                    # parse yields between slices, so the commits keep going).
                     batch = await self._prepare(chunk)
-                    # Read the one after too before waiting: once the commit ends, the next
-                    # must start at once, not after a read the server would sit idle through.
+                    # Read the one after too before waiting: once a connection is free, the
+                    # next commit must start at once, not after a read.
                     chunk = self._tailer.read_available(self.settings.batch_lines)
-                    if pending is not None:
-                        await pending
-                    self._rows_sending.clear()
-                    pending = asyncio.create_task(self._commit(batch), name=f"commit:{self.path}")
-                    await self._until_sending(pending)
+                    if commits:
+                        await self._until(commits[-1], "copied")
+                    if len(commits) == 2:
+                        # Its connection is the one this batch is about to use.
+                        await commits[0][0]
+                        del commits[0]
+                    previous = commits[-1][0] if commits else None
+                    progress = Progress()
+                    task = asyncio.create_task(
+                        self._commit(batch, spare, previous, progress), name=f"commit:{self.path}"
+                    )
+                    commits.append((task, progress))
+                    spare = not spare
+                    # Let it put its rows on the wire before parsing on: its BEGIN and COPY
+                    # round trips are answered at once, but a parsing daemon reads each
+                    # answer only after its current slice, and PostgreSQL waits meanwhile.
+                    await self._until(commits[-1], "sending")
                     # Release the batch stored before this one here, not as its commit
                     # ends: freeing its objects takes milliseconds, better spent while
                     # PostgreSQL is busy with this one than while it waits for it.
                     stored, committing = committing, batch
                     del stored
-                if pending is not None:
-                    await pending
-                    pending = None
+                while commits:
+                    await commits[0][0]
+                    del commits[0]
                 # Time stops at the last timestamp: close that second too (but never a
                 # second the wall clock has not reached: a fast clock must not close it).
                 final = self._max_ts + timedelta(seconds=1) if self._max_ts else None
@@ -570,24 +646,25 @@ class StreamIngest:
                 await self._heartbeat(final)
                 return
             except FAILURES as exc:
-                if pending is not None:
-                    pending.cancel()
-                    await asyncio.gather(pending, return_exceptions=True)
+                for task, _ in commits:
+                    task.cancel()
+                await asyncio.gather(*(task for task, _ in commits), return_exceptions=True)
                 await self._handle_failure(exc)
 
-    async def _until_sending(self, commit: asyncio.Task[None]) -> None:
-        """Wait until ``commit`` is sending its rows (or has ended), without parsing meanwhile.
-
-        Its BEGIN and COPY round trips are answered within a fraction of a millisecond, but
-        a parsing daemon only reads the answer after its current slice, and PostgreSQL sits
-        idle until the rows arrive: starting the next parse after them keeps it busy.
-        """
-        sending = asyncio.create_task(self._rows_sending.wait(), name=f"rows-sending:{self.path}")
+    async def _until(
+        self, commit: tuple[asyncio.Task[None], Progress], stage: Literal["sending", "copied"]
+    ) -> None:
+        """Wait until ``commit`` has reached ``stage`` or has ended, whichever comes first."""
+        task, progress = commit
+        event = progress.sending if stage == "sending" else progress.copied
+        if event.is_set() or task.done():
+            return
+        waiter = asyncio.create_task(event.wait(), name=f"commit-progress:{self.path}")
         try:
-            await asyncio.wait({commit, sending}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sending.cancel()
-            await asyncio.gather(sending, return_exceptions=True)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
 
     async def mark_stopped(self) -> None:
         """Record a clean exit so this stream stops holding the group's time back."""
@@ -598,8 +675,9 @@ class StreamIngest:
                 log.warning("could not mark stream stopped", error=str(exc))
 
     async def close(self) -> None:
-        """Close the tailer and the connection."""
+        """Close the tailer and the connections."""
         self._tailer.close()
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close()
+        conns, self._conn, self._spare = (self._conn, self._spare), None, None
+        for conn in conns:
+            if conn is not None and not conn.is_closed():
+                await conn.close()

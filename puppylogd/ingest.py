@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -613,13 +613,14 @@ class StreamIngest:
                     # Read the one after too before waiting: once a connection is free, the
                     # next commit must start at once, not after a read.
                     chunk = self._tailer.read_available(self.settings.batch_lines)
+                    previous: asyncio.Task[None] | None = None
                     if commits:
-                        await self._until(commits[-1], "copied")
+                        previous, previous_progress = commits[-1]
+                        await self._until(previous_progress.copied, previous)
                     if len(commits) == 2:
                         # Its connection is the one this batch is about to use.
                         await commits[0][0]
                         del commits[0]
-                    previous = commits[-1][0] if commits else None
                     progress = Progress()
                     task = asyncio.create_task(
                         self._commit(batch, spare, previous, progress), name=f"commit:{self.path}"
@@ -629,7 +630,7 @@ class StreamIngest:
                     # Let it put its rows on the wire before parsing on: its BEGIN and COPY
                     # round trips are answered at once, but a parsing daemon reads each
                     # answer only after its current slice, and PostgreSQL waits meanwhile.
-                    await self._until(commits[-1], "sending")
+                    await self._until(progress.sending, task)
                     # Release the batch stored before this one here, not as its commit
                     # ends: freeing its objects takes milliseconds, better spent while
                     # PostgreSQL is busy with this one than while it waits for it.
@@ -651,12 +652,8 @@ class StreamIngest:
                 await asyncio.gather(*(task for task, _ in commits), return_exceptions=True)
                 await self._handle_failure(exc)
 
-    async def _until(
-        self, commit: tuple[asyncio.Task[None], Progress], stage: Literal["sending", "copied"]
-    ) -> None:
-        """Wait until ``commit`` has reached ``stage`` or has ended, whichever comes first."""
-        task, progress = commit
-        event = progress.sending if stage == "sending" else progress.copied
+    async def _until(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:
+        """Wait until ``event`` is set or the commit ``task`` has ended, whichever is first."""
         if event.is_set() or task.done():
             return
         waiter = asyncio.create_task(event.wait(), name=f"commit-progress:{self.path}")

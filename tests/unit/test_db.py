@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from puppylogd.db import decode_timestamptz, encode_timestamptz, widen_send_buffer
+from puppylogd import db
+from puppylogd.db import (
+    decode_timestamptz,
+    encode_timestamptz,
+    timestamp_encoder,
+    widen_send_buffer,
+)
 
 
 class _Transport:
@@ -66,3 +72,21 @@ def test_naive_timestamps_are_refused_and_infinity_is_decoded() -> None:
         encode_timestamptz(datetime(2026, 1, 1))
     assert decode_timestamptz((2**63 - 1,)) == datetime.max.replace(tzinfo=UTC)
     assert decode_timestamptz((-(2**63),)) == datetime.min.replace(tzinfo=UTC)
+
+
+def test_remembered_encodings_equal_fresh_ones_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(db, "_ENCODED_MAX", 50)
+    encode = timestamp_encoder()
+    start = datetime(2026, 11, 29, 23, 59, 30, tzinfo=UTC)
+    for second in [*range(120), *range(120)]:  # twice: hits, misses and clearing
+        when = start + timedelta(seconds=second)
+        for offset in (0, 330, -720):  # the same instant written with other offsets
+            local = when.astimezone(timezone(timedelta(minutes=offset)))
+            assert encode(local) == encode_timestamptz(local) == encode_timestamptz(when)
+    remembered = encode.__self__  # type: ignore[attr-defined]
+    assert 0 < len(remembered) <= 50
+    with pytest.raises(TypeError):
+        encode(datetime(2026, 1, 1))
+    assert datetime(2026, 1, 1) not in remembered

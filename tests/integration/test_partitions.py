@@ -16,6 +16,7 @@ from tests.integration.helpers import (
     append,
     clf_line,
     counts,
+    migrate_up_to,
     query_rows,
     query_val,
     run_once,
@@ -71,12 +72,8 @@ async def test_migration_0005_upgrades_the_partitions_made_before_it(
     db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     # Rebuild the schema as migrations 0001-0004 left it, with partitions made by then.
-    await db.execute("DROP SCHEMA puppylog CASCADE")
     old = tmp_path / "migrations"
-    old.mkdir()
-    for path in sorted(migrations_dir().glob("000[1-4]_*.sql")):
-        shutil.copy(path, old / path.name)
-    assert len(await apply_migrations(db, old)) == 4
+    assert len(await migrate_up_to(db, 4, old)) == 4
     await db.execute("SELECT puppylog.ensure_partitions($1, $1)", DAYS[0])
     await db.execute("SELECT puppylog.ensure_partitions($1, $1)", DAYS[2])  # a gap between
     assert await partition_state(db, DAYS[0]) == (False, False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 import asyncpg
 
 from puppylogd.ingest import partition_of
-from puppylogd.migrations import apply_migrations, migrations_dir
+from puppylogd.migrations import apply_migrations
 from puppylogd.parser import COLUMNS
+from tests.integration.helpers import migrate_up_to
 
 T0 = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)  # aligned to 10 s
 SECONDS = 200
@@ -223,12 +223,7 @@ async def test_advance_group_stores_and_announces_the_reference_payloads(
 async def test_a_database_upgraded_to_0006_publishes_on_where_0005_stopped(
     db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    await db.execute("DROP SCHEMA puppylog CASCADE")
-    old = tmp_path / "migrations"
-    old.mkdir()
-    for path in sorted(migrations_dir().glob("000[1-5]_*.sql")):
-        shutil.copy(path, old / path.name)
-    assert len(await apply_migrations(db, old)) == 5
+    assert len(await migrate_up_to(db, 5, tmp_path / "migrations")) == 5
     gid, _ = await fill(db, 11)
     await advance(db, gid, 80)  # 0005's advance_group publishes the first 8 buckets
     assert "0006_publish_buckets_in_one_query" in await apply_migrations(db)

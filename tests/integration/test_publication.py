@@ -88,18 +88,17 @@ async def make_group(conn: asyncpg.Connection, name: str, window: int, streams: 
 
 async def reference(
     conn: asyncpg.Connection, gid: int, buckets: list[datetime], rejected: int
-) -> list[tuple[datetime, dict[str, Any]]]:
-    """Return what ``bucket_payload`` gives for each bucket, the first with ``rejected``."""
+) -> list[tuple[datetime, str]]:
+    """Return what ``bucket_payload`` gives for each bucket (JSON text), the first with
+    ``rejected``."""
     return [
         (
             b,
-            json.loads(
-                await conn.fetchval(
-                    "SELECT puppylog.bucket_payload($1, $2, $3)",
-                    gid,
-                    b,
-                    rejected if i == 0 else 0,
-                )
+            await conn.fetchval(
+                "SELECT puppylog.bucket_payload($1, $2, $3)::text",
+                gid,
+                b,
+                rejected if i == 0 else 0,
             ),
         )
         for i, b in enumerate(buckets)
@@ -108,11 +107,18 @@ async def reference(
 
 async def in_one_query(
     conn: asyncpg.Connection, gid: int, buckets: list[datetime], rejected: int
-) -> list[tuple[datetime, dict[str, Any]]]:
+) -> list[tuple[datetime, str]]:
     rows = await conn.fetch(
-        "SELECT bucket, payload FROM puppylog.bucket_payloads($1, $2, $3)", gid, buckets, rejected
+        "SELECT bucket, payload::text FROM puppylog.bucket_payloads($1, $2, $3)",
+        gid,
+        buckets,
+        rejected,
     )
-    return [(r["bucket"], json.loads(r["payload"])) for r in rows]
+    return [(r["bucket"], r["payload"]) for r in rows]
+
+
+def parsed(payloads: list[tuple[datetime, str]]) -> list[dict[str, Any]]:
+    return [json.loads(text) for _, text in payloads]
 
 
 async def test_one_query_gives_every_bucket_what_bucket_payload_gives(
@@ -149,13 +155,13 @@ async def test_one_query_gives_every_bucket_what_bucket_payload_gives(
     assert await db.fetch("SELECT * FROM puppylog.bucket_payloads($1, '{}', 0)", one) == []
 
     # The data exercised what it is meant to.
-    payloads = [p for _, p in await reference(db, one, every, 0)]
+    payloads = parsed(await reference(db, one, every, 0))
     assert [p["alert"] for p in payloads[1:5]] == ["firing", "firing", "ok", "ok"]
     assert payloads[-2]["alert"] == "firing" and payloads[12]["hits"] == 0
     assert all(len(p["sections"]) == 10 and len(p["users"]) == 5 for p in payloads[:10])
     assert any(len(k) == 64 for p in payloads for k, _ in p["sections"] + p["methods"])
     assert any(a[1] == b[1] for p in payloads for a, b in pairwise(p["sections"]))  # ties
-    other = [p for _, p in await reference(db, two, every[:3], 0)]
+    other = parsed(await reference(db, two, every[:3], 0))
     assert all(
         p["unique_hosts"] != q["unique_hosts"] for p, q in zip(payloads[:3], other, strict=True)
     )
@@ -186,22 +192,23 @@ async def advance(conn: asyncpg.Connection, gid: int, offset: int) -> None:
     )
 
 
-async def stored(conn: asyncpg.Connection, gid: int) -> list[tuple[datetime, dict[str, Any]]]:
+async def stored(conn: asyncpg.Connection, gid: int) -> list[tuple[datetime, str]]:
     rows = await conn.fetch(
-        "SELECT bucket, payload FROM puppylog.stats_buckets WHERE group_id = $1 ORDER BY bucket",
+        "SELECT bucket, payload::text FROM puppylog.stats_buckets WHERE group_id = $1 "
+        "ORDER BY bucket",
         gid,
     )
-    return [(r["bucket"], json.loads(r["payload"])) for r in rows]
+    return [(r["bucket"], r["payload"]) for r in rows]
 
 
 async def test_advance_group_stores_and_announces_the_reference_payloads(
     db: asyncpg.Connection, db_dsn: str
 ) -> None:
     gid, _ = await fill(db, 7)
-    heard: list[dict[str, Any]] = []
+    heard: list[str] = []
     listener = await asyncpg.connect(db_dsn)
     await listener.add_listener(
-        "puppylog_stats", lambda _c, _p, _ch, payload: heard.append(json.loads(payload))
+        "puppylog_stats", lambda _c, _p, _ch, payload: heard.append(payload)
     )
     try:
         # Two steps: 8 buckets, then the other 12 (the 3 idle ones included).
@@ -217,7 +224,7 @@ async def test_advance_group_stores_and_announces_the_reference_payloads(
     # The rejected lines are reported once, by the first bucket published.
     want = await reference(db, gid, [at(s) for s in range(0, SECONDS, 10)], 4)
     assert await stored(db, gid) == want
-    assert heard == [p for _, p in want]
+    assert heard == [text for _, text in want]
 
 
 async def test_a_database_upgraded_to_0006_publishes_on_where_0005_stopped(

@@ -282,9 +282,9 @@ class _File:
         # per line): split the complete lines up to the last newline, unless one of them is
         # too long; the loop below handles the rest (too-long lines, the partial line at the
         # end). The span is capped at 256 bytes per line of room, so taking a batch's last few
-        # lines does not split the whole buffer.
+        # lines does not split the whole buffer (with no room left, the span is empty).
         last = buf.rfind(b"\n", bi, bi + (room - n) * 256)
-        if last >= 0 and n < room:
+        if last >= 0:
             parts = buf[bi:last].split(b"\n")
             del parts[room - n :]
             if max(map(len, parts)) <= max_line:

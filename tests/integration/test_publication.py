@@ -167,8 +167,8 @@ async def test_one_query_gives_every_bucket_what_bucket_payload_gives(
     )
 
 
-async def fill(conn: asyncpg.Connection, seed: int) -> tuple[int, list[int]]:
-    """Create a group of two streams holding 2,000 records and 4 rejected lines."""
+async def fill(conn: asyncpg.Connection, seed: int) -> int:
+    """Create a group of two streams holding 2,000 records and 4 rejected lines; its id."""
     gid, *streams = await make_group(conn, "one", 120, 2)
     await conn.execute("SELECT puppylog.ensure_partitions($1, $1)", T0.date())
     await conn.copy_records_to_table(
@@ -180,7 +180,7 @@ async def fill(conn: asyncpg.Connection, seed: int) -> tuple[int, list[int]]:
     await conn.execute(
         "UPDATE puppylog.log_streams SET lines_rejected = 4 WHERE id = $1", streams[0]
     )
-    return gid, streams
+    return gid
 
 
 async def advance(conn: asyncpg.Connection, gid: int, offset: int) -> None:
@@ -204,7 +204,7 @@ async def stored(conn: asyncpg.Connection, gid: int) -> list[tuple[datetime, str
 async def test_advance_group_stores_and_announces_the_reference_payloads(
     db: asyncpg.Connection, db_dsn: str
 ) -> None:
-    gid, _ = await fill(db, 7)
+    gid = await fill(db, 7)
     heard: list[str] = []
     listener = await asyncpg.connect(db_dsn)
     await listener.add_listener(
@@ -231,7 +231,7 @@ async def test_a_database_upgraded_to_0006_publishes_on_where_0005_stopped(
     db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     assert len(await migrate_up_to(db, 5, tmp_path / "migrations")) == 5
-    gid, _ = await fill(db, 11)
+    gid = await fill(db, 11)
     await advance(db, gid, 80)  # 0005's advance_group publishes the first 8 buckets
     assert "0006_publish_buckets_in_one_query" in await apply_migrations(db)
     await advance(db, gid, SECONDS)

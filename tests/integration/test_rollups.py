@@ -117,3 +117,59 @@ async def test_rollups_equal_a_recomputation_from_the_records(db: asyncpg.Connec
     # The data exercised what it is meant to: a cut that merges keys, users missing.
     assert any(len(k[3]) == 200 and c > 1 for k, c in want_counts.items())
     assert sum(1 for r in stored if r[4] is None) > 100
+
+
+# 0002's bucket_of, which 0007 replaces with date_bin on PostgreSQL >= 14.
+FORMULA_0002 = "to_timestamp(floor(date_part('epoch', t) / 10) * 10)"
+
+
+async def test_bucket_of_bins_like_0002s_formula(db: asyncpg.Connection) -> None:
+    """Same bucket as 0002's float formula for every timestamp a record can have.
+
+    Whole seconds over years 1 to 9999 (the precision of a CLF timestamp), microseconds over
+    1970-2100 (where the float formula is exact), and both sides of bucket edges.
+    """
+    await db.execute("SELECT setseed(0.42)")
+    sample = f"""
+        WITH t (t) AS (
+            SELECT timestamptz '0001-01-01 00:00:00+00'
+                   + make_interval(secs => floor(random() * 315537897600))
+            FROM generate_series(1, 20000)
+            UNION ALL
+            SELECT timestamptz '1970-01-01 00:00:00+00'
+                   + make_interval(secs => round((random() * 4102444800)::numeric, 6))
+            FROM generate_series(1, 20000)
+            UNION ALL
+            SELECT timestamptz '2026-11-28 04:00:00+00' + make_interval(secs => 10 * i)
+                   + d * interval '1 microsecond'
+            FROM generate_series(-30, 30) i, (VALUES (-1), (0), (1)) v (d)
+            UNION ALL
+            VALUES (timestamptz '0001-01-01 00:00:00+00'), (timestamptz '9999-12-31 23:59:59+00')
+        )
+        SELECT count(*) AS n,
+               count(*) FILTER (WHERE puppylog.bucket_of(t) IS DISTINCT FROM {FORMULA_0002})
+                   AS differ,
+               count(DISTINCT puppylog.bucket_of(t)) AS buckets
+        FROM t
+    """
+    row = await db.fetchrow(sample)
+    assert row is not None
+    assert row["n"] == 40_185
+    assert row["differ"] == 0
+    assert row["buckets"] > 40_000  # the values are spread, not all in one bucket
+
+    # A few by hand, computed here rather than by either formula.
+    for text, want in [
+        ("2026-11-28 04:00:09.999999+00", datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)),
+        ("2026-11-28 04:00:10+00", datetime(2026, 11, 28, 4, 0, 10, tzinfo=UTC)),
+        ("2026-11-28 06:00:19+02", datetime(2026, 11, 28, 4, 0, 10, tzinfo=UTC)),
+        ("0001-01-01 00:00:05+00", datetime(1, 1, 1, 0, 0, 0, tzinfo=UTC)),
+    ]:
+        assert await db.fetchval("SELECT puppylog.bucket_of($1::text::timestamptz)", text) == want
+
+
+async def test_bucket_of_uses_date_bin_where_the_server_has_it(db: asyncpg.Connection) -> None:
+    """0007 takes effect on PostgreSQL >= 14 and leaves 0002's formula on 13."""
+    version = int(await db.fetchval("SHOW server_version_num"))
+    body = await db.fetchval("SELECT prosrc FROM pg_proc WHERE oid = 'puppylog.bucket_of'::regproc")
+    assert ("date_bin" in body) == (version >= 140000), body

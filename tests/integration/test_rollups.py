@@ -169,7 +169,16 @@ async def test_bucket_of_bins_like_0002s_formula(db: asyncpg.Connection) -> None
 
 
 async def test_bucket_of_uses_date_bin_where_the_server_has_it(db: asyncpg.Connection) -> None:
-    """0007 takes effect on PostgreSQL >= 14 and leaves 0002's formula on 13."""
+    """0007 takes effect on PostgreSQL >= 14, 0002's formula stays on 13; both are inlined."""
     version = int(await db.fetchval("SHOW server_version_num"))
     body = await db.fetchval("SELECT prosrc FROM pg_proc WHERE oid = 'puppylog.bucket_of'::regproc")
     assert ("date_bin" in body) == (version >= 140000), body
+    # Inlined: the plan computes the expression itself, no call per row to bucket_of.
+    plan = "\n".join(
+        r[0]
+        for r in await db.fetch(
+            "EXPLAIN (VERBOSE, COSTS OFF) SELECT puppylog.bucket_of(ts) FROM puppylog.stats_seconds"
+        )
+    )
+    assert "bucket_of" not in plan, plan
+    assert ("date_bin" in plan) == (version >= 140000), plan

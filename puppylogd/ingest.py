@@ -185,6 +185,9 @@ class StreamIngest:
         self._max_ts: datetime | None = None
         # The checkpoint as committed in the database (None: nothing committed yet).
         self._committed: Position | None = None
+        # Where the tailer stands when every chunk it handed out is committed: while its
+        # position differs, lines already read are not in the database yet.
+        self._settled: Position | None = None
         self._known_days: set[date] = set()
         self._lateness = timedelta(seconds=settings.lateness_seconds)
 
@@ -255,6 +258,7 @@ class StreamIngest:
         self._max_ts = row["max_ts"]
         self._committed = position_from_row(row)
         decision = self._tailer.open(self._committed, from_end=self.settings.from_end)
+        self._settled = self._tailer.position
         if self._committed is None and decision == "from end":
             # Make the starting point durable at once: a restart (or a rewind after a failed
             # first batch) must resume here, not skip again what was appended meanwhile.
@@ -287,6 +291,7 @@ class StreamIngest:
                 self._tailer.open(None, from_end=False)
             else:
                 self._tailer.rewind(position)
+            self._settled = self._tailer.position
             return
 
     # -- preparing and committing batches ------------------------------------------------
@@ -479,6 +484,7 @@ class StreamIngest:
                 )
         self._max_ts = max_ts
         self._committed = end if end.inode else None
+        self._settled = end
         self._tailer.committed(end)
         self.stats.stored += len(batch.rows)
         self.stats.rejected += len(batch.rejected)
@@ -493,7 +499,12 @@ class StreamIngest:
     async def _heartbeat(self, watermark: datetime | None = None) -> None:
         """Tell the database this stream is alive and how far its time has got."""
         conn = await self._connection()
-        caught_up = self._tailer.at_eof() or self._tailer.file_size() is None
+        # Caught up only if what was read is also stored: the reader may have read to the
+        # end a chunk that is still being parsed (a backlog after an outage, say), and the
+        # wall clock must not close the seconds of its lines before they are in.
+        caught_up = self._tailer.position == self._settled and (
+            self._tailer.at_eof() or self._tailer.file_size() is None
+        )
         wm = watermark if watermark is not None else self._watermark(self._max_ts, caught_up)
         await conn.execute(
             db.query("heartbeat"), self.stream_id, wm, self._tailer.file_size(), caught_up
@@ -582,6 +593,7 @@ class StreamIngest:
             await self._commit(queue.get_nowait())
         if self._committed is not None:
             self._tailer.rewind(self._committed)
+            self._settled = self._tailer.position
         # Queue size + the batch being handed over + the one gathering: all that was read.
         for _ in range(queue.maxsize + 2):
             chunk = self._tailer.read_available(self.settings.batch_lines)

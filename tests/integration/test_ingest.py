@@ -491,3 +491,40 @@ def test_once_history_is_the_same_in_one_batch_or_many(
     assert len(many[3]) == 1 and many[3][0]["recovered_at"] is not None, many[3]
     assert len(many[2]) >= 40
     assert many == one
+
+
+async def test_heartbeat_waits_for_lines_read_but_not_yet_stored(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    # After an outage the reader catches up a backlog: it may have read to the end of the
+    # file a chunk that is still being parsed when the idle heartbeat is due. The wall clock
+    # must not close the seconds of those lines before they are stored (a CI run once judged
+    # a busy second from the lines stored before a crash, and missed its alert).
+    log = tmp_path / "access.log"
+    old = recent(20)
+    append(log, clf_lines(0, 50, old))
+    lateness = 2
+    settings = Settings(dsn=db_dsn, log_files=[log], lateness_seconds=lateness)
+    admin = await asyncpg.connect(db_dsn)
+    watermark = "SELECT watermark FROM puppylog.log_streams WHERE id = $1"
+    try:
+        group = await admin.fetchval(
+            "INSERT INTO puppylog.log_groups (name) VALUES ('live') RETURNING id"
+        )
+        ingest = StreamIngest(settings, db_dsn, log, group)
+        try:
+            await ingest.register()
+            chunk = ingest._tailer.read_available(1000)
+            assert chunk is not None and ingest._tailer.at_eof()
+            await ingest._heartbeat()  # the whole file is read, none of it stored
+            in_flight = await admin.fetchval(watermark, ingest.stream_id)
+            await ingest._commit(await ingest._prepare(chunk))
+            await ingest._heartbeat()  # read and stored: quiet time now counts as zero traffic
+            after = await admin.fetchval(watermark, ingest.stream_id)
+        finally:
+            await ingest.close()
+    finally:
+        await admin.close()
+    # The stream's time must not pass the lines in flight: their seconds stay open.
+    assert in_flight is None or in_flight <= old, in_flight
+    assert after is not None and after >= recent(lateness + 2)

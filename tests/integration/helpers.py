@@ -342,8 +342,8 @@ def reject_reasons(dsn: str) -> dict[str, int]:
 async def migrate_up_to(conn: asyncpg.Connection, version: int, folder: Path) -> list[str]:
     """Drop the schema and apply the shipped migrations up to ``version`` only.
 
-    The files are copied to ``folder``, so the test can copy the next one there and apply
-    it alone; returns the labels applied.
+    The files are copied to ``folder`` (a scratch directory) and applied from there; returns
+    the labels applied. ``apply_migrations(conn)`` then upgrades to the shipped head.
     """
     await conn.execute("DROP SCHEMA puppylog CASCADE")
     folder.mkdir(exist_ok=True)

@@ -89,8 +89,7 @@ async def make_group(conn: asyncpg.Connection, name: str, window: int, streams: 
 async def reference(
     conn: asyncpg.Connection, gid: int, buckets: list[datetime], rejected: int
 ) -> list[tuple[datetime, str]]:
-    """Return what ``bucket_payload`` gives for each bucket (JSON text), the first with
-    ``rejected``."""
+    """Return ``bucket_payload``'s JSON text for each bucket, the first with ``rejected``."""
     return [
         (
             b,
@@ -118,6 +117,7 @@ async def in_one_query(
 
 
 def parsed(payloads: list[tuple[datetime, str]]) -> list[dict[str, Any]]:
+    """Decode the payloads' JSON text, dropping the buckets."""
     return [json.loads(text) for _, text in payloads]
 
 

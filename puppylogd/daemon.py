@@ -49,9 +49,43 @@ class DaemonError(Exception):
     """A failure that ends the daemon with a clear message (and a non-zero exit)."""
 
 
+def embedded_max_connections(files: int) -> int:
+    """Return ``max_connections`` for an embedded server started for ``files`` log files.
+
+    Room for the daemon's connection per file (two with ``--once``), a ``--once`` run beside
+    it, files added on reload, and watch clients; never below PostgreSQL's default.
+    """
+    return max(100, 3 * files + 20)
+
+
+def connections_per_file(files: int, once: bool, budget: db.ConnectionBudget) -> int:
+    """Return how many connections each file's stream may use (two only for ``--once``).
+
+    A stream holds one connection (``--once`` a second, for speed, when the server has room
+    for it now). Raises DaemonError with the limit to raise when the files cannot all have one:
+    ever, or, for ``--once``, given the sessions connected now.
+    """
+    if files > budget.at_most:
+        raise DaemonError(
+            f"{files} log files need {files} database connections besides the daemon's own "
+            f"(one per file), but the server allows at most {budget.at_most} more "
+            f"({budget.limit}): raise that limit, or split the files over several daemons"
+        )
+    if not once:
+        return 1
+    if files > budget.now:
+        raise DaemonError(
+            f"--once over {files} log files needs {files} free database connections, but only "
+            f"{budget.now} are free now ({budget.limit}; other sessions hold the rest)"
+        )
+    return 2 if 2 * files <= budget.now else 1
+
+
 async def open_embedded(settings: Settings) -> tuple[Cluster, str, bool]:
     """Start (or reuse) the embedded PostgreSQL under the state directory; return its DSN."""
-    cluster = Cluster(settings.state_dir)
+    cluster = Cluster(
+        settings.state_dir, max_connections=embedded_max_connections(len(settings.log_files))
+    )
     was_running = await asyncio.to_thread(cluster.is_running)
     await asyncio.to_thread(cluster.init)
     if not was_running:
@@ -93,6 +127,8 @@ class Daemon:
         self.dsn = ""
         self.cluster: Cluster | None = None
         self._own_cluster = False
+        # Connections per stream in --once (see connections_per_file).
+        self._once_connections = 2
         self._control: asyncpg.Connection | None = None
         self._rejects = RateLimitedReporter()
         self._last_progress = time.monotonic()
@@ -136,7 +172,40 @@ class Daemon:
             log.info("migrations applied", migrations=applied)
         await self._register_group()
         await self._housekeeping_once()
+        await self._check_connection_budget()
         return True
+
+    async def _check_connection_budget(self) -> None:
+        """Refuse to start when the server cannot give every file its connection."""
+        assert self._control is not None
+        budget = await db.connection_budget(self._control)
+        files = len(self.settings.log_files)
+        try:
+            per_file = connections_per_file(files, self.settings.once, budget)
+        except DaemonError as exc:
+            if self.cluster is not None and not self._own_cluster:
+                # Its max_connections was set by whoever started it, for their files.
+                raise DaemonError(
+                    f"{exc} (the running embedded database was started for fewer files: stop "
+                    "the puppylogd that runs it, and this one starts it with room for its own)"
+                ) from exc
+            raise
+        if self.settings.once:
+            self._once_connections = per_file
+            if per_file == 1:
+                log.info(
+                    "once: one connection per file (no free connections for two)",
+                    files=files,
+                    free=budget.now,
+                )
+        elif files > budget.now:
+            log.warning(
+                "not enough free database connections for every file now; "
+                "the streams that cannot connect retry",
+                files=files,
+                free=budget.now,
+                limit=budget.limit,
+            )
 
     async def _register_group(self) -> None:
         """Create the group and apply this daemon's alert settings to it."""
@@ -439,7 +508,10 @@ class Daemon:
             ingests.append(ingest)
         try:
             await asyncio.gather(
-                *(asyncio.create_task(i.run_once(), name=f"once:{i.path}") for i in ingests)
+                *(
+                    asyncio.create_task(i.run_once(self._once_connections), name=f"once:{i.path}")
+                    for i in ingests
+                )
             )
         finally:
             for ingest in ingests:

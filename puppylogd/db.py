@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -21,6 +23,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # the connection is unusable, like a lost one.
     asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
+    # Every slot (of the server, the role or the database) is taken: one frees when another
+    # session ends, so wait for it like for a server that is starting.
+    asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
@@ -40,6 +45,53 @@ async def connect(dsn: str, *, application_name: str, timeout: float = 10.0) -> 
         command_timeout=None,
         server_settings={"application_name": application_name},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBudget:
+    """Say how many more connections this session's role may open in its database."""
+
+    at_most: int  # with no session connected but this one
+    now: int  # given the sessions connected at the moment
+    limit: str  # the setting that bounds ``at_most``, for messages
+
+
+def budget_from_row(row: Mapping[str, Any]) -> ConnectionBudget:
+    """Return the budget described by a row of the ``connection_budget`` query."""
+    server = f"max_connections = {row['max_connections']}"
+    if row["reserved"]:
+        server += f", {row['reserved']} of them reserved"
+    # (capacity, sessions counted against it, description); this session is among them.
+    limits = [(row["max_connections"] - row["reserved"], row["used"], server)]
+    if row["role_limit"] >= 0:
+        limits.append(
+            (
+                row["role_limit"],
+                row["used_by_role"],
+                f"role {row['role_name']} has CONNECTION LIMIT {row['role_limit']}",
+            )
+        )
+    if row["database_limit"] >= 0:
+        limits.append(
+            (
+                row["database_limit"],
+                row["used_in_database"],
+                f"database {row['database_name']} has CONNECTION LIMIT {row['database_limit']}",
+            )
+        )
+    capacity, _, limit = min(limits, key=lambda item: item[0])
+    return ConnectionBudget(
+        at_most=max(capacity - 1, 0),
+        now=max(min(cap - used for cap, used, _ in limits), 0),
+        limit=limit,
+    )
+
+
+async def connection_budget(conn: asyncpg.Connection) -> ConnectionBudget:
+    """Read the connection limits that apply to ``conn``'s role and database."""
+    row = await conn.fetchrow(query("connection_budget"))
+    assert row is not None
+    return budget_from_row(dict(row))
 
 
 # Kernel send buffer asked for on a local (Unix socket) connection that carries COPY: room for

@@ -601,7 +601,7 @@ class StreamIngest:
                 break
             await self._commit(await self._prepare(chunk))
 
-    async def run_once(self) -> None:
+    async def run_once(self, connections: int = 2) -> None:
         """Store what the file holds now, close its time at its last timestamp, and return.
 
         Two connections take turns: a batch's rows are copied on one while the batch before
@@ -610,9 +610,13 @@ class StreamIngest:
         one before has stored all its rows (and so run its rollup trigger): the earlier
         transaction then never waits for a row the later one holds, while the later one may
         wait for the earlier, and its checkpoint moves only after the earlier committed.
+        With ``connections=1`` (the server has no room for two per file) batches go one
+        after the other on the main connection.
         """
+        if connections not in (1, 2):
+            raise ValueError(f"run_once takes 1 or 2 connections, not {connections}")
         while True:
-            # In flight, oldest first (at most two: one per connection).
+            # In flight, oldest first (at most one per connection).
             commits: list[tuple[asyncio.Task[None], Progress]] = []
             committing: Batch | None = None
             try:
@@ -629,7 +633,7 @@ class StreamIngest:
                     if commits:
                         previous, previous_progress = commits[-1]
                         await self._until(previous_progress.copied, previous)
-                    if len(commits) == 2:
+                    if len(commits) == connections:
                         # Its connection is the one this batch is about to use.
                         await commits[0][0]
                         del commits[0]
@@ -638,7 +642,7 @@ class StreamIngest:
                         self._commit(batch, spare, previous, progress), name=f"commit:{self.path}"
                     )
                     commits.append((task, progress))
-                    spare = not spare
+                    spare = connections == 2 and not spare
                     # Let it put its rows on the wire before parsing on: its BEGIN and COPY
                     # round trips are answered at once, but a parsing daemon reads each
                     # answer only after its current slice, and PostgreSQL waits meanwhile.

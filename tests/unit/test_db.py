@@ -90,3 +90,44 @@ def test_remembered_encodings_equal_fresh_ones_and_stay_bounded(
     with pytest.raises(TypeError):
         encode(datetime(2026, 1, 1))
     assert datetime(2026, 1, 1) not in remembered
+
+
+def _budget_row(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "max_connections": 100,
+        "reserved": 3,
+        "role_name": "web1",
+        "role_limit": -1,
+        "database_name": "puppylog",
+        "database_limit": -1,
+        "used": 10,
+        "used_by_role": 2,
+        "used_in_database": 5,
+    }
+    row.update(changes)
+    return row
+
+
+def test_budget_without_role_or_database_limits_is_the_servers_minus_reserved_slots() -> None:
+    budget = db.budget_from_row(_budget_row())
+    # 97 slots for this role, one of them this session; 10 sessions in use now.
+    assert budget == db.ConnectionBudget(96, 87, "max_connections = 100, 3 of them reserved")
+    unreserved = db.budget_from_row(_budget_row(reserved=0))
+    assert (unreserved.at_most, unreserved.now) == (99, 90)
+    assert unreserved.limit == "max_connections = 100"
+
+
+def test_budget_takes_the_tightest_limit_for_at_most_and_for_now() -> None:
+    role = db.budget_from_row(_budget_row(role_limit=4))
+    assert role == db.ConnectionBudget(3, 2, "role web1 has CONNECTION LIMIT 4")
+    database = db.budget_from_row(_budget_row(database_limit=8, role_limit=20))
+    assert database == db.ConnectionBudget(7, 3, "database puppylog has CONNECTION LIMIT 8")
+    # The server is nearly full: the role's limit bounds what is possible, the server's
+    # sessions what is free now.
+    busy = db.budget_from_row(_budget_row(role_limit=20, used=95))
+    assert busy == db.ConnectionBudget(19, 2, "role web1 has CONNECTION LIMIT 20")
+
+
+def test_budget_never_goes_negative() -> None:
+    full = db.budget_from_row(_budget_row(role_limit=0, used_by_role=1))
+    assert (full.at_most, full.now) == (0, 0)

@@ -1,0 +1,189 @@
+"""Connection limits: the daemon fits its files into them or says which limit to raise.
+
+A stream holds one connection (``--once`` two, when the server has room for them); a server,
+role or database limit below that used to surface as ``too many clients`` half-way through.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from puppylogd import db as pdb
+from tests.integration.helpers import (
+    append,
+    clf_lines,
+    count_rows,
+    counts,
+    query_val,
+    recent,
+    run_cli,
+    run_once,
+    start_daemon,
+    wait_for,
+)
+from tests.integration.test_security import with_user
+from tests.pg import run_async
+
+
+@pytest.fixture
+def limited_writer(
+    db_dsn: str, unique_name: Callable[[str], str]
+) -> Iterator[Callable[[int], str]]:
+    """Yield ``limited_writer(n) -> dsn``: a daemon role with CONNECTION LIMIT n."""
+    made: list[str] = []
+
+    def factory(limit: int) -> str:
+        role = unique_name("lim")
+        query_val(
+            db_dsn, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {limit} IN ROLE puppylog_writer"
+        )
+        made.append(role)
+        return with_user(db_dsn, role)
+
+    yield factory
+    for role in made:
+        query_val(
+            db_dsn,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+            role,
+        )
+        query_val(db_dsn, f"DROP ROLE {role}")
+
+
+def budget(dsn: str) -> pdb.ConnectionBudget:
+    """Return the connection budget of a fresh session on ``dsn``."""
+
+    async def go() -> pdb.ConnectionBudget:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await pdb.connection_budget(conn)
+        finally:
+            await conn.close()
+
+    return run_async(go)
+
+
+def test_budget_query_reads_the_server_role_and_database_limits(
+    db_dsn: str, limited_writer: Callable[[int], str]
+) -> None:
+    max_connections = int(query_val(db_dsn, "SELECT current_setting('max_connections')"))
+    server = budget(db_dsn)  # the suite's superuser: no reserved slots, no role limit
+    assert server.limit == f"max_connections = {max_connections}"
+    assert server.at_most == max_connections - 1
+    assert 0 < server.now <= server.at_most
+
+    writer = limited_writer(3)
+    role = writer.split("://", 1)[1].split("@", 1)[0]
+    assert budget(writer) == pdb.ConnectionBudget(2, 2, f"role {role} has CONNECTION LIMIT 3")
+
+    async def with_a_second_session() -> pdb.ConnectionBudget:
+        other = await asyncpg.connect(writer)
+        try:
+            return budget(writer)
+        finally:
+            await other.close()
+
+    assert run_async(with_a_second_session).now == 1
+
+    name = query_val(db_dsn, "SELECT current_database()")
+    query_val(db_dsn, f'ALTER DATABASE "{name}" CONNECTION LIMIT 5')
+    unlimited_role = limited_writer(-1)
+    in_db = budget(unlimited_role)
+    assert (in_db.at_most, in_db.limit) == (4, f"database {name} has CONNECTION LIMIT 5")
+    assert in_db.now == 5 - int(
+        query_val(db_dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name)
+    )
+
+
+@pytest.mark.parametrize(("limit", "per_file"), [(4, 1), (7, 2)])
+def test_once_uses_one_connection_per_file_when_two_do_not_fit(
+    tmp_path: Path, db_dsn: str, limited_writer: Callable[[int], str], limit: int, per_file: int
+) -> None:
+    """Three files under a limit of 4 (the daemon's own + one each) or 7 (+ two each)."""
+    dsn = limited_writer(limit)
+    files = [tmp_path / f"site{i}.log" for i in range(3)]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 1000, 300, recent(120 + i)) + b"junk\n")
+    # Small batches: many commits, which must take turns on the connections they have.
+    result = run_once(dsn, *files, batch_lines=40, log_level="debug")
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines() if line]
+    assert ("once: one connection per file (no free connections for two)" in events) == (
+        per_file == 1
+    ), result.stderr
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates, c.rejected_lines, c.lines_stored) == (900, 0, 3, 900)
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_more_files_than_the_limit_allows_is_one_clear_error(
+    tmp_path: Path, db_dsn: str, limited_writer: Callable[[int], str], once: bool
+) -> None:
+    dsn = limited_writer(4)
+    files = [tmp_path / f"site{i}.log" for i in range(4)]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 1000, 10, recent(60)))
+    args = ["--dsn", dsn, *(a for f in files for a in ("--log-file", str(f)))]
+    result = run_cli(*args, *(["--once"] if once else []), timeout=60)
+    assert result.returncode == 1, result
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    (error,) = [json.loads(line) for line in output.splitlines() if '"error"' in line]
+    assert error["event"] == "cannot start"
+    assert "4 log files need 4 database connections" in error["error"]
+    assert "CONNECTION LIMIT 4" in error["error"]
+    assert "split the files over several daemons" in error["error"]
+    assert count_rows(db_dsn) == 0
+
+
+def test_a_stream_waits_for_a_free_slot_when_it_reconnects(
+    tmp_path: Path, db_dsn: str, limited_writer: Callable[[int], str]
+) -> None:
+    """A stream that finds no free slot when it reconnects waits for one, then goes on."""
+    dsn = limited_writer(3)  # the daemon's own connection and one per file: full
+    role = dsn.split("://", 1)[1].split("@", 1)[0]
+    files = [tmp_path / "a.log", tmp_path / "b.log"]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 1000, 5, recent(30)))
+    with start_daemon(dsn, *files, poll_interval=0.05) as daemon:
+        wait_for(lambda: count_rows(db_dsn) == 10, 30, message=daemon.output)
+        # The slot of a stream's connection goes away (as if another session took it).
+        query_val(db_dsn, f"ALTER ROLE {role} CONNECTION LIMIT 2")
+        query_val(
+            db_dsn,
+            # The newest session is a stream's (the daemon's own connected first).
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 "
+            "ORDER BY backend_start DESC LIMIT 1",
+            role,
+        )
+        for i, f in enumerate(files):
+            append(f, clf_lines(i * 1000 + 5, 5, recent(5)))
+        wait_for(
+            lambda: "too many connections for role" in daemon.output(), 30, message=daemon.output
+        )
+        wait_for(lambda: count_rows(db_dsn) == 15, 30, message=daemon.output)
+        time.sleep(1.0)
+        daemon.assert_running()
+        assert count_rows(db_dsn) == 15  # the other stream waits for a slot
+        query_val(db_dsn, f"ALTER ROLE {role} CONNECTION LIMIT 3")
+        wait_for(lambda: count_rows(db_dsn) == 20, 30, message=daemon.output)
+        assert daemon.stop() == 0, daemon.output()
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates, c.lines_stored) == (20, 0, 20)
+
+
+def test_embedded_database_is_started_with_room_for_every_file(pg_tmp_dir: Path) -> None:
+    """120 files, --once: 241 connections, more than PostgreSQL's default of 100."""
+    files = [pg_tmp_dir / f"vhost{i}.log" for i in range(120)]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 10, 2, recent(60)))
+    args = ["--once", "--state-dir", str(pg_tmp_dir / "state")]
+    result = run_cli(*args, *(a for f in files for a in ("--log-file", str(f))), timeout=180)
+    assert result.returncode == 0, result.stderr
+    done = [json.loads(line) for line in result.stderr.splitlines() if "once: done" in line]
+    assert [(d["stored"], d["rejected"]) for d in done] == [(240, 0)]

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,13 +257,14 @@ class Daemon:
     async def _register(self, ingest: StreamIngest) -> bool:
         """Register the stream and open its file; False (logged) if the file cannot be opened.
 
-        Database errors are retried (the database was reachable a moment ago) until stop.
+        Database errors are retried (the database was reachable a moment ago) until stop. A
+        stop also ends the wait for a connection (the server gone, or every slot taken): it
+        returns False, and the stream's task ends as soon as it starts.
         """
         delay = REGISTER_RETRY_START
         while True:
             try:
-                await ingest.register()
-                return True
+                return await self._unless_stopped(ingest.register(), name=f"register:{ingest.path}")
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     await self._file_failed(ingest, exc)
@@ -277,6 +278,22 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=delay)
                 delay = min(delay * 2, REGISTER_RETRY_MAX)
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, Any], name: str) -> bool:
+        """Run ``work`` to its end (True; its exception propagates) or until stop (False)."""
+        task = asyncio.create_task(work, name=name)
+        stopper = asyncio.create_task(self.stop.wait(), name=f"{name}:stop-wait")
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(stopper, task, return_exceptions=True)
+        if task.cancelled():
+            return False
+        task.result()
+        return True
 
     async def _file_failed(self, ingest: StreamIngest, exc: BaseException) -> None:
         log.error(

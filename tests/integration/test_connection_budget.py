@@ -7,6 +7,8 @@ role or database limit below that used to surface as ``too many clients`` half-w
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,6 +177,47 @@ def test_a_stream_waits_for_a_free_slot_when_it_reconnects(
         assert daemon.stop() == 0, daemon.output()
     c = counts(db_dsn)
     assert (c.rows, c.duplicates, c.lines_stored) == (20, 0, 20)
+
+
+# Hold one connection until stdin closes.
+HOLD = """
+import asyncio, sys, asyncpg
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    print("held", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await conn.close()
+asyncio.run(main())
+"""
+
+
+def test_run_starts_when_slots_are_short_for_now_and_stops_while_a_stream_waits(
+    tmp_path: Path, db_dsn: str, limited_writer: Callable[[int], str]
+) -> None:
+    """Another session holds the slot the third file needs: two files go on, SIGTERM works."""
+    dsn = limited_writer(4)  # the daemon's own and one per file: enough, but one is taken
+    files = [tmp_path / f"site{i}.log" for i in range(3)]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 1000, 5, recent(30)))
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, dsn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with start_daemon(dsn, *files, poll_interval=0.05) as daemon:
+            wait_for(lambda: count_rows(db_dsn) == 10, 30, message=daemon.output)
+            events = [json.loads(line) for line in daemon.output().splitlines()]
+            (short,) = [e for e in events if e["event"].startswith("not enough free database")]
+            assert (short["files"], short["free"]) == (3, 2)
+            started = time.monotonic()
+            assert daemon.stop() == 0, daemon.output()
+            assert time.monotonic() - started < 10
+        holder.stdin.close()
+        assert holder.wait(10) == 0
+    # What the third file holds is read on the next start, once there is a slot for it.
+    run_once(dsn, *files)
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates, c.lines_stored) == (15, 0, 15)
 
 
 def test_embedded_database_is_started_with_room_for_every_file(pg_tmp_dir: Path) -> None:

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -29,33 +29,14 @@ from tests.integration.helpers import (
     start_daemon,
     wait_for,
 )
-from tests.integration.test_security import with_user
+from tests.integration.test_security import RoleFactory, make_role, with_user  # noqa: F401
 from tests.pg import run_async
 
 
 @pytest.fixture
-def limited_writer(
-    db_dsn: str, unique_name: Callable[[str], str]
-) -> Iterator[Callable[[int], str]]:
-    """Yield ``limited_writer(n) -> dsn``: a daemon role with CONNECTION LIMIT n."""
-    made: list[str] = []
-
-    def factory(limit: int) -> str:
-        role = unique_name("lim")
-        query_val(
-            db_dsn, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {limit} IN ROLE puppylog_writer"
-        )
-        made.append(role)
-        return with_user(db_dsn, role)
-
-    yield factory
-    for role in made:
-        query_val(
-            db_dsn,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
-            role,
-        )
-        query_val(db_dsn, f"DROP ROLE {role}")
+def limited_writer(make_role: RoleFactory) -> Callable[[int], str]:  # noqa: F811
+    """Return ``limited_writer(n) -> dsn``: a daemon role with CONNECTION LIMIT n."""
+    return lambda limit: make_role("puppylog_writer", connection_limit=limit)
 
 
 def budget(dsn: str) -> pdb.ConnectionBudget:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -60,14 +61,26 @@ def with_user(dsn: str, user: str, password: str | None = None) -> str:
     return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
 
 
+class RoleFactory(Protocol):
+    """Signature of the ``make_role`` fixture."""
+
+    def __call__(self, group: str, connection_limit: int = -1) -> str: ...
+
+
 @pytest.fixture
-def make_role(db_dsn: str, unique_name: Callable[[str], str]) -> Iterator[Callable[[str], str]]:
-    """Yield ``make_role(group) -> dsn``: a new login role in ``group``, dropped afterwards."""
+def make_role(db_dsn: str, unique_name: Callable[[str], str]) -> Iterator[RoleFactory]:
+    """Yield ``make_role(group, connection_limit=-1) -> dsn``: a new login role in ``group``.
+
+    The role is dropped afterwards (its sessions ended first).
+    """
     made: list[str] = []
 
-    def factory(group: str) -> str:
+    def factory(group: str, connection_limit: int = -1) -> str:
         role = unique_name(group.removeprefix("puppylog_"))
-        query_val(db_dsn, f"CREATE ROLE {role} LOGIN IN ROLE {group}")
+        query_val(
+            db_dsn,
+            f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {connection_limit} IN ROLE {group}",
+        )
         made.append(role)
         return with_user(db_dsn, role)
 

@@ -27,9 +27,11 @@ log = structlog.get_logger("puppylogd")
 
 STATUS_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 3600.0
-STOP_GRACE_SECONDS = 20.0
-# Closing connections at exit must not hang on a hung server (systemd would SIGKILL us).
-CLOSE_SECONDS = 5.0
+# Stopping against a hung server must end before systemd's TimeoutStopSec=30 (then SIGKILL):
+# the streams' last commits get STOP_GRACE_SECONDS, then marking them stopped and closing the
+# daemon's own connection CLOSE_SECONDS each, 16 s in all.
+STOP_GRACE_SECONDS = 10.0
+CLOSE_SECONDS = 3.0
 # How often a log file that cannot be opened (permissions, symlink loop...) is tried again.
 REOPEN_SECONDS = 5.0
 # Delays while registering a stream at start-up fails on the database.
@@ -348,6 +350,7 @@ class Daemon:
                 await asyncio.wait_for(ingest.close(), timeout=CLOSE_SECONDS)
             except TimeoutError:
                 log.warning("closing the stream's connection timed out", path=str(ingest.path))
+                ingest.terminate()
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -594,8 +597,12 @@ class Daemon:
                         exit_code = 1
                         self.stop.set()
         finally:
-            for _, stop, _ in self.streams.values():
+            for ingest, stop, task in self.streams.values():
                 stop.set()
+                if ingest.stats.waiting_for_db:
+                    # The server is away: there is nothing it could store now, and what the
+                    # stream holds is read again from the file on the next start.
+                    task.cancel()
             stream_tasks = [t for _, _, t in self.streams.values()]
             if stream_tasks:
                 _, pending = await asyncio.wait(stream_tasks, timeout=STOP_GRACE_SECONDS)

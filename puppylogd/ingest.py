@@ -231,10 +231,18 @@ class StreamIngest:
 
     async def _drop_connection(self) -> None:
         """Forget the current connections (after an error their state is unknown)."""
+        self._terminate_connections()
+
+    def _terminate_connections(self) -> None:
         for conn in (self._conn, self._spare):
             if conn is not None and not conn.is_closed():
                 conn.terminate()
         self._conn = self._spare = None
+
+    def terminate(self) -> None:
+        """Close the tailer and drop the connections without a word to the server (it hangs)."""
+        self._tailer.close()
+        self._terminate_connections()
 
     async def register(self) -> str:
         """Register the stream, open the tailer at the committed checkpoint; say what happened."""

@@ -231,3 +231,55 @@ def every_transition_shown(dsn: str, watch: Watch) -> list[tuple[str, int, datet
 
 def iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+# systemd's TimeoutStopSec in packaging/systemd/puppylogd.service: SIGKILL after this long.
+STOP_TIMEOUT_S = 30.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", ["down", "hung"])
+def test_sigterm_while_the_database_is_away_stops_in_time_and_loses_nothing(
+    fault: str, make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """SIGTERM with the server killed, or SIGSTOPped mid-commit: exit 0 before systemd's kill."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    path = tmp_path / "access.log"
+    lines = Lines(invalid_every=INVALID_EVERY)
+    append(path, lines.make(500))
+    with start_daemon(dsn, path, log_path=tmp_path / "daemon.log", **LIVE) as daemon:
+        wait_stored(dsn, lines.valid, lines.invalid, 30, [daemon])
+        if fault == "down":
+            cluster.kill()
+        else:
+            cluster.pause()
+        try:
+            append(path, lines.make(500))
+            if fault == "down":
+                wait_for(lambda: "waiting for database" in daemon.output(), 30)
+            else:
+                time.sleep(2.0)  # the batch of these lines is stuck in a commit
+            daemon.assert_running()
+            started = time.monotonic()
+            code = daemon.stop(timeout=STOP_TIMEOUT_S + 15)
+            took = time.monotonic() - started
+        finally:
+            if fault == "down":
+                cluster.start()
+            else:
+                cluster.resume()
+    assert code == 0, daemon.output()[-4000:]
+    # Down: nothing could be stored, so nothing to wait for. Hung: the last commit's grace and
+    # the bounded closes, with room before systemd's SIGKILL.
+    limit = 5.0 if fault == "down" else STOP_TIMEOUT_S - 5
+    assert took < limit, f"stopping took {took:.1f} s:\n{daemon.output()[-4000:]}"
+    # The next start stores what the outage held back, once.
+    with start_daemon(dsn, path, **LIVE) as again:
+        wait_stored(dsn, lines.valid, lines.invalid, 30, [again])
+        assert again.stop() == 0, again.output()[-4000:]
+    c = assert_exact(dsn, lines.valid, lines.invalid)
+    record(
+        f"SIGTERM while the server is {fault}", lines.written, c, took, f"stopped in {took:.1f} s"
+    )

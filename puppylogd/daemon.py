@@ -519,14 +519,25 @@ class Daemon:
                 await asyncio.to_thread(self.cluster.stop)
 
     async def _run_once(self) -> int:
-        ingests = []
-        for path in self.settings.log_files:
-            ingest = StreamIngest(
-                self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
-            )
-            await ingest.register()
-            ingests.append(ingest)
+        ingests: list[StreamIngest] = []
+        missing: list[str] = []
         try:
+            for path in self.settings.log_files:
+                ingest = StreamIngest(
+                    self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
+                )
+                ingests.append(ingest)
+                try:
+                    decision = await ingest.register()
+                except OSError as exc:
+                    if not is_file_error(exc):
+                        raise
+                    raise DaemonError(f"cannot open log file {path}: {exc}") from exc
+                if decision == "waiting for file":
+                    # A live daemon waits for it; a one-shot run has nothing to read: most
+                    # likely a wrong path, which must not pass for an empty log.
+                    log.error("no such log file (or not a regular file)", path=str(path))
+                    missing.append(str(path))
             await asyncio.gather(
                 *(
                     asyncio.create_task(i.run_once(self._once_connections), name=f"once:{i.path}")
@@ -540,6 +551,14 @@ class Daemon:
             self._rejects.flush()
         stored = sum(i.stats.stored for i in ingests)
         rejected = sum(i.stats.rejected for i in ingests)
+        if missing:
+            log.error(
+                "once: done, but files were missing",
+                stored=stored,
+                rejected=rejected,
+                missing=missing,
+            )
+            return 1
         log.info("once: done", stored=stored, rejected=rejected)
         return 0
 

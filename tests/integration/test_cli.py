@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import pg
-from tests.integration.helpers import query_rows, query_val, run_cli
+from tests.integration.helpers import (
+    clf_lines,
+    count_rows,
+    query_rows,
+    query_val,
+    recent,
+    run_cli,
+    run_once,
+)
 
 MIGRATIONS = sorted(p.stem for p in (Path(__file__).parents[2] / "migrations").glob("*.sql"))
 
@@ -129,3 +138,41 @@ def test_run_help_lists_every_setting() -> None:
         assert flag in text
     assert "PUPPYLOG_BATCH_LINES" in text
     assert "{auto,pretty,json}" in text
+
+
+def test_once_with_a_missing_file_stores_the_others_and_exits_1(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """A wrong path must not pass for an empty log: one error line naming it, exit 1."""
+    present = tmp_path / "access.log"
+    present.write_bytes(clf_lines(0, 5, recent(60)))
+    missing = tmp_path / "acess.log"
+    result = run_once(db_dsn, missing, present, check=False)
+    assert result.returncode == 1, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    errors = [e for e in events if e["level"] == "error"]
+    assert [(e["event"], e.get("path")) for e in errors[:1]] == [
+        ("no such log file (or not a regular file)", str(missing))
+    ]
+    assert errors[-1]["event"] == "once: done, but files were missing"
+    assert errors[-1]["missing"] == [str(missing)]
+    assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
+    assert "Traceback" not in result.stderr
+    # Both streams were marked stopped: neither holds the group's time back.
+    assert query_val(db_dsn, "SELECT bool_and(stopped) FROM puppylog.log_streams") is True
+
+
+def test_once_with_a_path_that_cannot_be_opened_is_one_clear_line(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    present = tmp_path / "access.log"
+    present.write_bytes(clf_lines(0, 5, recent(60)))
+    bad = present / "not-a-directory.log"  # a regular file on the way: ENOTDIR
+    result = run_once(db_dsn, present, bad, check=False)
+    assert result.returncode == 1, result.stderr
+    (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"level": "error"' in x]
+    assert line["event"] == "cannot start"
+    assert line["error"].startswith(f"cannot open log file {bad}: ")
+    assert "Not a directory" in line["error"]
+    assert "Traceback" not in result.stderr
+    assert query_val(db_dsn, "SELECT bool_and(stopped) FROM puppylog.log_streams") is True

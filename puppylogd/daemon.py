@@ -251,6 +251,9 @@ class Daemon:
             on_rejected=self._rejected,
         )
         opened = await self._register(ingest)
+        if opened and ingest.opened_how == "waiting for file":
+            # Followed from the moment it appears; a mistyped path must not wait unnoticed.
+            log.warning("log file does not exist yet; waiting for it", path=str(path))
         stop = asyncio.Event()
         task = asyncio.create_task(self._run_stream(ingest, stop, opened), name=f"ingest:{path}")
         self.streams[path] = (ingest, stop, task)

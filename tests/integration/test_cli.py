@@ -10,6 +10,7 @@ import pytest
 
 from tests import pg
 from tests.integration.helpers import (
+    append,
     clf_lines,
     count_rows,
     query_rows,
@@ -17,6 +18,8 @@ from tests.integration.helpers import (
     recent,
     run_cli,
     run_once,
+    start_daemon,
+    wait_for,
 )
 
 MIGRATIONS = sorted(p.stem for p in (Path(__file__).parents[2] / "migrations").glob("*.sql"))
@@ -176,3 +179,17 @@ def test_once_with_a_path_that_cannot_be_opened_is_one_clear_line(
     assert "Not a directory" in line["error"]
     assert "Traceback" not in result.stderr
     assert query_val(db_dsn, "SELECT bool_and(stopped) FROM puppylog.log_streams") is True
+
+
+def test_run_warns_about_a_missing_file_and_follows_it_once_it_appears(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "access.log"
+    with start_daemon(db_dsn, path, poll_interval=0.05) as daemon:
+        wait_for(lambda: '"event": "ready"' in daemon.output(), 30, message=daemon.output)
+        events = [json.loads(line) for line in daemon.output().splitlines()]
+        warned = [e for e in events if e["event"] == "log file does not exist yet; waiting for it"]
+        assert [(e["level"], e["path"]) for e in warned] == [("warning", str(path))]
+        append(path, clf_lines(0, 5, recent(5)))
+        wait_for(lambda: count_rows(db_dsn) == 5, 30, message=daemon.output)
+        assert daemon.stop() == 0, daemon.output()

@@ -36,6 +36,7 @@ class LineSink:
         self.err = err
         self.json_mode = json_mode
         self._was_connected: bool | None = None
+        self._told_no_group = False
 
     def _emit(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -65,6 +66,13 @@ class LineSink:
         else:
             self.warn(state.status)
         self._was_connected = state.connected
+        if state.connected and not state.group_exists and not self._told_no_group:
+            # Plain output is silent until a bucket closes: say why none ever may.
+            self._told_no_group = True
+            self.warn(
+                f"no group {state.group!r} in the database yet (a daemon's --group creates it); "
+                "waiting for it"
+            )
 
     def warn(self, message: str) -> None:
         self.err.write(f"puppylog-watch: {safe(message)}\n")

@@ -385,3 +385,20 @@ def test_no_dsn_and_no_embedded_database_says_so(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "embedded database" in out.stderr and "not running" in out.stderr
     assert os.path.exists(tmp_path) and not (tmp_path / "state").exists()
+
+
+def test_plain_watch_says_once_that_its_group_does_not_exist(
+    db_dsn: str, watches: list[Watch]
+) -> None:
+    """Plain output prints nothing until a bucket closes: a mistyped --group must say so."""
+    watch = Watch("--plain", "--dsn", db_dsn, "--group", "nosuch")
+    watches.append(watch)
+
+    def told() -> list[str]:
+        return [e for e in watch.errors if "no group 'nosuch' in the database yet" in e]
+
+    wait_for(told, 20, message=watch.describe)
+    time.sleep(6.0)  # past the health probe (every 5 s), which reads the group again
+    assert len(told()) == 1, watch.describe()
+    assert watch.proc.poll() is None
+    assert watch.text() == []

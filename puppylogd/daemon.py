@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -133,6 +134,7 @@ class Daemon:
         self._once_connections = 2
         self._control: asyncpg.Connection | None = None
         self._rejects = RateLimitedReporter()
+        self._rejected_reasons: Counter[str] = Counter()
         self._last_progress = time.monotonic()
         self._partition_days: set[date] = set()
         # Wakes the supervisor when reload adds or removes streams, so it watches them all.
@@ -146,6 +148,7 @@ class Daemon:
         self._last_progress = time.monotonic()
 
     def _rejected(self, path: Path, rejected: Rejected) -> None:
+        self._rejected_reasons[rejected.reason] += 1
         self._rejects.report(
             log,
             "rejected line",
@@ -554,15 +557,26 @@ class Daemon:
             self._rejects.flush()
         stored = sum(i.stats.stored for i in ingests)
         rejected = sum(i.stats.rejected for i in ingests)
+        reasons = dict(self._rejected_reasons.most_common())
+        too_old = self._rejected_reasons["timestamp too old"]
+        if too_old:
+            # Loading an old log is a common first try; the default retention rejects it.
+            log.warning(
+                "lines older than the retention were rejected: to load an old log, raise "
+                "--retention-days (0 keeps everything)",
+                lines=too_old,
+                retention_days=self.settings.retention_days,
+            )
         if missing:
             log.error(
                 "once: done, but files were missing",
                 stored=stored,
                 rejected=rejected,
+                rejected_reasons=reasons,
                 missing=missing,
             )
             return 1
-        log.info("once: done", stored=stored, rejected=rejected)
+        log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons)
         return 0
 
     def _task_died(self, task: asyncio.Task[Any], helpers: list[asyncio.Task[None]]) -> bool:

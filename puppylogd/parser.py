@@ -317,7 +317,11 @@ class Parser:
                     path = "/" + path
 
         if self._min_ts is not None and ts < self._min_ts:
-            return _reject("timestamp too old", f"{ts.isoformat()} < {self._min_ts}", raw)
+            return _reject(
+                "timestamp too old",
+                f"{ts.isoformat()} is before the retention cut-off {self._min_ts.isoformat()}",
+                raw,
+            )
         if self._max_ts is not None and ts > self._max_ts:
             return _reject("timestamp in the future", f"{ts.isoformat()} > {self._max_ts}", raw)
         if len(self._ts_ok) >= _TS_CACHE_MAX:

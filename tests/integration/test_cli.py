@@ -193,3 +193,23 @@ def test_run_warns_about_a_missing_file_and_follows_it_once_it_appears(
         append(path, clf_lines(0, 5, recent(5)))
         wait_for(lambda: count_rows(db_dsn) == 5, 30, message=daemon.output)
         assert daemon.stop() == 0, daemon.output()
+
+
+def test_once_over_an_old_log_says_which_setting_keeps_it(db_dsn: str, tmp_path: Path) -> None:
+    """The default retention rejects a log older than 7 days: the run says how to load it."""
+    log = tmp_path / "access.log"
+    log.write_bytes(clf_lines(0, 3, recent(30 * 86400)) + clf_lines(3, 2, recent(60)) + b"junk\n")
+    result = run_once(db_dsn, log)
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    (hint,) = [e for e in events if e["event"].startswith("lines older than the retention")]
+    assert "--retention-days (0 keeps everything)" in hint["event"]
+    assert (hint["level"], hint["lines"], hint["retention_days"]) == ("warning", 3, 7)
+    (done,) = [e for e in events if e["event"] == "once: done"]
+    assert done["rejected_reasons"] == {"timestamp too old": 3, "malformed": 1}
+    assert (done["stored"], done["rejected"]) == (2, 4)
+    # Without the bound everything old is stored.
+    everything = tmp_path / "again.log"
+    everything.write_bytes(clf_lines(10, 3, recent(30 * 86400)))
+    again = run_once(db_dsn, everything, retention_days=0)
+    assert "lines older than the retention" not in again.stderr
+    assert count_rows(db_dsn) == 5

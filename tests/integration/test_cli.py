@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,37 +149,40 @@ def test_once_with_a_missing_file_stores_the_others_and_exits_1(
 ) -> None:
     """A wrong path must not pass for an empty log: one error line naming it, exit 1."""
     present = tmp_path / "access.log"
-    present.write_bytes(clf_lines(0, 5, recent(60)))
     missing = tmp_path / "acess.log"
-    result = run_once(db_dsn, missing, present, check=False)
-    assert result.returncode == 1, result.stderr
-    events = [json.loads(line) for line in result.stderr.splitlines()]
-    errors = [e for e in events if e["level"] == "error"]
+    errors = once_failing(db_dsn, present, missing, present)
     assert [(e["event"], e.get("path")) for e in errors[:1]] == [
         ("no such log file (or not a regular file)", str(missing))
     ]
     assert errors[-1]["event"] == "once: done, but files were missing"
     assert errors[-1]["missing"] == [str(missing)]
     assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
+
+
+def once_failing(db_dsn: str, present: Path, *files: Path) -> list[dict[str, Any]]:
+    """Write 5 lines to ``present``, run --once over ``files`` (in order), expect exit 1.
+
+    Return its error events. No traceback, and every stream it registered is marked stopped
+    (none holds the group's time back).
+    """
+    present.write_bytes(clf_lines(0, 5, recent(60)))
+    result = run_once(db_dsn, *files, check=False)
+    assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    # Both streams were marked stopped: neither holds the group's time back.
     assert query_val(db_dsn, "SELECT bool_and(stopped) FROM puppylog.log_streams") is True
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    return [e for e in events if e["level"] == "error"]
 
 
 def test_once_with_a_path_that_cannot_be_opened_is_one_clear_line(
     db_dsn: str, tmp_path: Path
 ) -> None:
     present = tmp_path / "access.log"
-    present.write_bytes(clf_lines(0, 5, recent(60)))
     bad = present / "not-a-directory.log"  # a regular file on the way: ENOTDIR
-    result = run_once(db_dsn, present, bad, check=False)
-    assert result.returncode == 1, result.stderr
-    (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"level": "error"' in x]
+    (line,) = once_failing(db_dsn, present, present, bad)
     assert line["event"] == "cannot start"
     assert line["error"].startswith(f"cannot open log file {bad}: ")
     assert "Not a directory" in line["error"]
-    assert "Traceback" not in result.stderr
-    assert query_val(db_dsn, "SELECT bool_and(stopped) FROM puppylog.log_streams") is True
 
 
 def test_run_warns_about_a_missing_file_and_follows_it_once_it_appears(

@@ -114,6 +114,12 @@ async def connect_with_retry(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             delay = min(delay * 2, 10.0)
+        except asyncpg.PostgresError as exc:
+            # The server answered and refused (no such database or role, a wrong password,
+            # pg_hba.conf): retrying cannot help until the setting is fixed.
+            raise DaemonError(
+                f"cannot connect to {mask_dsn(dsn)}: {exc} (check --dsn / PUPPYLOG_DSN)"
+            ) from exc
     return None
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -217,3 +218,27 @@ def test_once_over_an_old_log_says_which_setting_keeps_it(db_dsn: str, tmp_path:
     again = run_once(db_dsn, everything, retention_days=0)
     assert "lines older than the retention" not in again.stderr
     assert count_rows(db_dsn) == 5
+
+
+@pytest.mark.parametrize("wrong", ["database", "role"])
+def test_a_dsn_the_server_refuses_is_one_clear_line(
+    db_dsn: str, tmp_path: Path, wrong: str
+) -> None:
+    """No such database or role: retrying cannot help, so one line naming it, exit 1."""
+    parts = urlsplit(db_dsn)
+    if wrong == "database":
+        dsn = urlunsplit(parts._replace(path="/no_such_db"))
+    else:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        dsn = urlunsplit(parts._replace(netloc=f"no_such_role:S3cret@{host}"))
+    log = tmp_path / "access.log"
+    log.write_bytes(clf_lines(0, 1, recent(60)))
+    for args in (["--once"], []):  # the one-shot run and the daemon alike
+        result = run_cli(*args, "--log-file", str(log), env={"PUPPYLOG_DSN": dsn}, timeout=30)
+        assert result.returncode == 1, result.stderr
+        (line,) = [json.loads(x) for x in result.stderr.splitlines()]
+        assert line["event"] == "cannot start"
+        name = "no_such_db" if wrong == "database" else "no_such_role"
+        assert f'{wrong} "{name}" does not exist' in line["error"]
+        assert "check --dsn / PUPPYLOG_DSN" in line["error"]
+        assert "S3cret" not in result.stderr + result.stdout

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -25,6 +25,8 @@ from puppylogd.parser import Rejected
 from puppylogd.systemd import Systemd, get_systemd
 
 log = structlog.get_logger("puppylogd")
+
+T = TypeVar("T")
 
 STATUS_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 3600.0
@@ -259,21 +261,23 @@ class Daemon:
             on_progress=self._progress,
             on_rejected=self._rejected,
         )
-        opened = await self._register(ingest)
-        if opened and ingest.opened_how == "waiting for file":
+        decision = await self._register(ingest)
+        if decision == "waiting for file":
             # Followed from the moment it appears; a mistyped path must not wait unnoticed.
             log.warning("log file does not exist yet; waiting for it", path=str(path))
         stop = asyncio.Event()
+        opened = decision is not None
         task = asyncio.create_task(self._run_stream(ingest, stop, opened), name=f"ingest:{path}")
         self.streams[path] = (ingest, stop, task)
         self._streams_changed.set()
 
-    async def _register(self, ingest: StreamIngest) -> bool:
-        """Register the stream and open its file; False (logged) if the file cannot be opened.
+    async def _register(self, ingest: StreamIngest) -> str | None:
+        """Register the stream and open its file; return what the tailer found at the path.
 
-        Database errors are retried (the database was reachable a moment ago) until stop. A
-        stop also ends the wait for a connection (the server gone, or every slot taken): it
-        returns False, and the stream's task ends as soon as it starts.
+        None (logged) if the file cannot be opened. Database errors are retried (the database
+        was reachable a moment ago) until stop. A stop also ends the wait for a connection
+        (the server gone, or every slot taken): None, and the stream's task ends as soon as
+        it starts.
         """
         delay = REGISTER_RETRY_START
         while True:
@@ -282,7 +286,7 @@ class Daemon:
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     await self._file_failed(ingest, exc)
-                    return False
+                    return None
                 if self.stop.is_set():
                     raise
                 log.warning(
@@ -293,8 +297,8 @@ class Daemon:
                     await asyncio.wait_for(self.stop.wait(), timeout=delay)
                 delay = min(delay * 2, REGISTER_RETRY_MAX)
 
-    async def _unless_stopped(self, work: Coroutine[Any, Any, Any], name: str) -> bool:
-        """Run ``work`` to its end (True; its exception propagates) or until stop (False)."""
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T], name: str) -> T | None:
+        """Return what ``work`` returns (its exception propagates), or None once stopped."""
         task = asyncio.create_task(work, name=name)
         stopper = asyncio.create_task(self.stop.wait(), name=f"{name}:stop-wait")
         try:
@@ -304,10 +308,7 @@ class Daemon:
             if not task.done():
                 task.cancel()
             await asyncio.gather(stopper, task, return_exceptions=True)
-        if task.cancelled():
-            return False
-        task.result()
-        return True
+        return None if task.cancelled() else task.result()
 
     async def _file_failed(self, ingest: StreamIngest, exc: BaseException) -> None:
         log.error(

@@ -173,8 +173,6 @@ class StreamIngest:
         self.group_id = group_id
         self.stats = StreamStats()
         self.stream_id = 0
-        # What the last ``register`` found at the path (a ``Tailer.open`` decision).
-        self.opened_how = ""
         self._on_progress = on_progress
         self._on_rejected = on_rejected
         self._conn: asyncpg.Connection | None = None
@@ -278,7 +276,6 @@ class StreamIngest:
                 Batch(chunk, [], [], None, caught_up=False, file_size=self._tailer.file_size())
             )
         log.info("stream opened", path=str(self.path), stream_id=self.stream_id, how=decision)
-        self.opened_how = decision
         return decision
 
     async def _resync(self) -> None:

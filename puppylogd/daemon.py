@@ -37,6 +37,7 @@ STOP_GRACE_SECONDS = 10.0
 CLOSE_SECONDS = 3.0
 # How often a log file that cannot be opened (permissions, symlink loop...) is tried again.
 REOPEN_SECONDS = 5.0
+WAITING_FOR_DB = "waiting for database"
 # Delays while registering a stream at start-up fails on the database.
 REGISTER_RETRY_START = 0.25
 REGISTER_RETRY_MAX = 5.0
@@ -100,22 +101,33 @@ async def open_embedded(settings: Settings) -> tuple[Cluster, str, bool]:
 
 
 async def connect_with_retry(
-    dsn: str, systemd: Systemd, stop: asyncio.Event, application_name: str = "puppylogd"
+    dsn: str,
+    systemd: Systemd,
+    stop: asyncio.Event,
+    *,
+    application_name: str = "puppylogd",
+    on_wait: Callable[[BaseException], None] = lambda _exc: None,
+    max_delay: float = 10.0,
 ) -> asyncpg.Connection | None:
-    """Connect, waiting (and saying so) while the database is unreachable; None if stopped."""
+    """Connect, waiting (and saying so) while the database is unreachable; None if stopped.
+
+    ``on_wait`` is called with the error of every attempt that failed and will be retried;
+    attempts are at most ``max_delay`` seconds apart.
+    """
     delay = 0.25
     warned = False
     while not stop.is_set():
         try:
             return await db.connect(dsn, application_name=application_name)
         except db.CONNECTION_ERRORS as exc:
+            on_wait(exc)
             if not warned:
                 log.warning("waiting for database", dsn=mask_dsn(dsn), error=str(exc))
-                systemd.status("waiting for database")
+                systemd.status(WAITING_FOR_DB)
                 warned = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, max_delay)
         except asyncpg.PostgresError as exc:
             # The server answered and refused (no such database or role, a wrong password,
             # pg_hba.conf): retrying cannot help until the setting is fixed.
@@ -149,6 +161,11 @@ class Daemon:
         self._streams_changed = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[None]] = set()
+        self._ready_sent = False
+        # The start waits for the database: for the daemon's own connection, or for a stream
+        # that is registering (not in ``streams`` yet).
+        self._start_waiting = False
+        self._registering: set[StreamIngest] = set()
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -177,7 +194,15 @@ class Daemon:
             self.cluster, dsn, self._own_cluster = await open_embedded(self.settings)
             log.info("embedded database", state_dir=str(self.settings.state_dir))
         self.dsn = dsn
-        self._control = await connect_with_retry(dsn, self.systemd, self.stop)
+        self._control = await connect_with_retry(
+            dsn,
+            self.systemd,
+            self.stop,
+            on_wait=self._waiting_at_start,
+            # Each failed attempt counts as progress: often enough to feed the watchdog.
+            max_delay=self._reopen_seconds(),
+        )
+        self._start_waiting = False
         if self._control is None:
             return False
         applied = await apply_migrations(self._control)
@@ -187,6 +212,12 @@ class Daemon:
         await self._housekeeping_once()
         await self._check_connection_budget()
         return True
+
+    def _waiting_at_start(self, exc: BaseException) -> None:
+        self._start_waiting = True
+        if isinstance(exc, db.ANSWERED_ERRORS):
+            # Down or starting, not hung: the daemon is alive and retrying (watchdog).
+            self._progress()
 
     async def _check_connection_budget(self) -> None:
         """Refuse to start when the server cannot give every file its connection."""
@@ -261,7 +292,11 @@ class Daemon:
             on_progress=self._progress,
             on_rejected=self._rejected,
         )
-        decision = await self._register(ingest)
+        self._registering.add(ingest)
+        try:
+            decision = await self._register(ingest)
+        finally:
+            self._registering.discard(ingest)
         if decision == "waiting for file":
             # Followed from the moment it appears; a mistyped path must not wait unnoticed.
             log.warning("log file does not exist yet; waiting for it", path=str(path))
@@ -382,9 +417,17 @@ class Daemon:
             stalled = now - self._last_progress
             healthy = stalled < (period if period is not None else 2 * STATUS_SECONDS)
             text = self._status_text(rate)
-            if not healthy and text != "waiting for database":
-                text = f"database not responding for {stalled:.0f}s; {text}"
-            self.systemd.status(text)
+            if not self._ready_sent:
+                if text == WAITING_FOR_DB:
+                    # A start that waits for the database is not a start that hangs: without
+                    # READY, systemd would fail it after TimeoutStartSec, restart it in a loop
+                    # and hold up what is ordered after it. The files keep the lines meanwhile.
+                    self._send_ready(text)
+                # Otherwise the start is under way and says itself what it is doing.
+            elif not healthy and text != WAITING_FOR_DB:
+                self.systemd.status(f"database not responding for {stalled:.0f}s; {text}")
+            else:
+                self.systemd.status(text)
             self._rejects.tick()
             # Progress means a database round trip finished recently (or the server is
             # plainly down and we are retrying); a hung server stops the pings, and systemd
@@ -395,10 +438,19 @@ class Daemon:
     def _stored(self) -> int:
         return sum(ingest.stats.stored for ingest, _, _ in self.streams.values())
 
+    def _send_ready(self, status: str) -> None:
+        """Send READY=1 the first time, STATUS= after that."""
+        if self._ready_sent:
+            self.systemd.status(status)
+        else:
+            self.systemd.ready(status)
+            self._ready_sent = True
+
     def _status_text(self, rate: float) -> str:
         stats = [ingest.stats for ingest, _, _ in self.streams.values()]
-        if any(s.waiting_for_db for s in stats):
-            return "waiting for database"
+        starting = [ingest.stats for ingest in self._registering]
+        if self._start_waiting or any(s.waiting_for_db for s in stats + starting):
+            return WAITING_FOR_DB
         lag = sum(s.lag_bytes for s in stats)
         rejected = sum(s.rejected for s in stats)
         return (
@@ -510,13 +562,21 @@ class Daemon:
         """Run until stopped (or, with ``once``, until the files are stored); return exit code."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        status: asyncio.Task[None] | None = None
         try:
+            if not self.settings.once:
+                # From the very start: it feeds the watchdog and, should the database keep the
+                # start waiting, says READY (see _status_loop).
+                status = asyncio.create_task(self._status_loop(), name="status")
             if not await self._prepare_database():
                 return 0
-            if self.settings.once:
+            if status is None:
                 return await self._run_once()
-            return await self._run_forever()
+            return await self._run_forever(status)
         finally:
+            if status is not None:
+                status.cancel()
+                await asyncio.gather(status, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for task in list(self._reload_tasks):
@@ -605,17 +665,14 @@ class Daemon:
         self.streams = {p: v for p, v in self.streams.items() if v[2] is not task}
         return False
 
-    async def _run_forever(self) -> int:
+    async def _run_forever(self, status: asyncio.Task[None]) -> int:
         for path in self.settings.log_files:
             if self.stop.is_set():
                 break
             await self._start_stream(path)
-        helpers = [
-            asyncio.create_task(self._status_loop(), name="status"),
-            asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
-        ]
+        helpers = [status, asyncio.create_task(self._housekeeping_loop(), name="housekeeping")]
         if not self.stop.is_set():
-            self.systemd.ready(self._status_text(0.0))
+            self._send_ready(self._status_text(0.0))
         log.info(
             "ready",
             files=[str(p) for p in self.settings.log_files],

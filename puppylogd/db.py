@@ -31,6 +31,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Connection errors that are an answer, not silence: the server is down (refused, no socket),
+# starting or full. A daemon retrying against them is alive; a hang (a timeout) is not.
+ANSWERED_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionRefusedError,
+    FileNotFoundError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 @functools.cache
 def query(name: str) -> str:
     """Return the SQL text of the named query (file ``sql/<name>.sql``)."""

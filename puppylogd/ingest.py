@@ -219,8 +219,8 @@ class StreamIngest:
                 if not self.stats.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))
                 self.stats.waiting_for_db = True
-                if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
-                    # The server is plainly down, not hung: we are alive and retrying.
+                if isinstance(exc, db.ANSWERED_ERRORS):
+                    # The server is down or full, not hung: we are alive and retrying.
                     self._on_progress()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)

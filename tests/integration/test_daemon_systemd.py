@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import signal
@@ -419,10 +420,48 @@ def test_waiting_for_database_is_logged_without_the_password(
     assert warning["dsn"] == dsn.replace(PASSWORD, "***")
     notify.wait("STATUS=waiting for database")
     assert daemon.stop(signal.SIGINT) == 0
-    assert not notify.times("READY=1")
     assert_clean_json_logs(daemon)
     for _, assignment in notify.assignments():
         assert PASSWORD not in assignment
+
+
+def test_a_start_waiting_for_the_database_says_ready_and_feeds_the_watchdog(
+    make_cluster: ClusterFactory,
+    workdir: Path,
+    notify: NotifySocket,
+    spawn: Callable[..., DaemonProc],
+) -> None:
+    """The database down at start: READY with STATUS=waiting, WATCHDOG=1 fed, then the lines.
+
+    Without READY, systemd would fail the start after TimeoutStartSec and restart it in a loop.
+    """
+    cluster = make_cluster()
+    cluster.stop()
+    log_file = workdir / "access.log"
+    append(log_file, lines(0, 10))
+    daemon = spawn(["--dsn", cluster.dsn(), "--log-file", str(log_file)], notify=notify)
+    ready = notify.wait("READY=1", timeout=4 * WATCHDOG_S)
+    statuses = [a for t, a in notify.assignments() if t <= ready and a.startswith("STATUS=")]
+    assert statuses[-1] == "STATUS=waiting for database", statuses
+    # Alive and retrying against a server that is plainly down: systemd must not kill it.
+    waited = notify.wait("WATCHDOG=1", after=ready + 2 * WATCHDOG_S, timeout=4 * WATCHDOG_S)
+    assert daemon.proc.poll() is None
+    pings = [t for t in notify.times("WATCHDOG=1") if t > ready]
+    gaps = [b - a for a, b in itertools.pairwise([ready, *pings])]
+    assert max(gaps) < WATCHDOG_S, gaps
+
+    cluster.start()
+    wait_for("the lines written before the start", lambda: stored(cluster.dsn()) == (10, 10), 30)
+    back = notify.wait("WATCHDOG=1", after=waited)
+    wait_for(
+        "a running status",
+        lambda: any(
+            a.startswith("STATUS=") and "lines/s" in a for t, a in notify.assignments() if t > back
+        ),
+    )
+    assert notify.times("READY=1") == [ready]
+    assert daemon.stop() == 0
+    assert_clean_json_logs(daemon)
 
 
 # -- supervision, in process ---------------------------------------------------------------

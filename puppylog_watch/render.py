@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -186,7 +186,10 @@ def _avg_line(state: WatchState) -> Text:
         t.append(f" {span} avg: no data yet", style="dim")
         return t
     over = latest.avg > latest.threshold
-    t.append(f" {span} avg ")
+    # The average up to the end of the newest closed bucket, which can lag the alert banner
+    # (judged every second) by up to one bucket: say which moment it is for.
+    end = (latest.bucket + timedelta(seconds=latest.seconds)).astimezone(UTC)
+    t.append(f" {span} avg to {end:%H:%M:%S} ")
     t.append(f"{latest.avg:.2f} req/s", style="bold red" if over else "bold green")
     t.append(f" vs threshold {latest.threshold:g}")
     t.append("  ABOVE" if over else "  below", style="red" if over else "green")

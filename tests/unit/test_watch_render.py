@@ -170,7 +170,7 @@ def test_live_view_shows_its_parts_during_an_alert(width: int, height: int) -> N
     assert "top sections" in text and "/pages" in text and "41%" in text  # 50 of 123
     assert "threshold 10" in text and "10.0┤" in text  # threshold drawn on the chart
     assert "█" in text and "╌" in text  # bars and the threshold line
-    assert "2-min avg 12.01 req/s vs threshold 10" in text
+    assert "2-min avg to 04:30:00 12.01 req/s vs threshold 10" in text  # the bucket's end
     assert "2xx 100" in text and "16.3%" in text and "12 hosts" in text
     assert "web1:/tmp/access.log" in text and "lag 0 B" in text
     assert "group default" in text and "newest bucket 04:29:50 UTC" in text

@@ -162,10 +162,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[None]] = set()
         self._ready_sent = False
-        # The start waits for the database: for the daemon's own connection, or for a stream
-        # that is registering (not in ``streams`` yet).
+        # The start waits for the daemon's own connection to the database.
         self._start_waiting = False
-        self._registering: set[StreamIngest] = set()
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -283,6 +281,9 @@ class Daemon:
         The tailer is open when this returns, unless the file cannot be opened (permissions,
         a symlink loop...): that is logged as an error and retried every few seconds in the
         stream's task, while the other files carry on. A missing file is simply waited for.
+        Registering that has to wait for the database (the server away, every connection
+        slot taken) goes on in the stream's task, so that neither the other files nor the
+        start or reload wait for it.
         """
         ingest = StreamIngest(
             self.settings,
@@ -292,17 +293,17 @@ class Daemon:
             on_progress=self._progress,
             on_rejected=self._rejected,
         )
-        self._registering.add(ingest)
+        registering = asyncio.create_task(self._register(ingest), name=f"register:{path}")
+        waiting = asyncio.create_task(ingest.db_wait.wait(), name=f"register:{path}:db-wait")
         try:
-            decision = await self._register(ingest)
+            await asyncio.wait({registering, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._registering.discard(ingest)
-        if decision == "waiting for file":
-            # Followed from the moment it appears; a mistyped path must not wait unnoticed.
-            log.warning("log file does not exist yet; waiting for it", path=str(path))
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
         stop = asyncio.Event()
-        opened = decision is not None
-        task = asyncio.create_task(self._run_stream(ingest, stop, opened), name=f"ingest:{path}")
+        task = asyncio.create_task(
+            self._run_stream(ingest, stop, registering), name=f"ingest:{path}"
+        )
         self.streams[path] = (ingest, stop, task)
         self._streams_changed.set()
 
@@ -387,9 +388,15 @@ class Daemon:
             return True
         return False
 
-    async def _run_stream(self, ingest: StreamIngest, stop: asyncio.Event, opened: bool) -> None:
+    async def _run_stream(
+        self, ingest: StreamIngest, stop: asyncio.Event, registering: asyncio.Task[str | None]
+    ) -> None:
         try:
-            if opened or await self._reopen(ingest, stop):
+            decision = await registering
+            if decision == "waiting for file":
+                # Followed from the moment it appears; a mistyped path must not wait unnoticed.
+                log.warning("log file does not exist yet; waiting for it", path=str(ingest.path))
+            if decision is not None or await self._reopen(ingest, stop):
                 await ingest.run(stop)
         finally:
             # A hung server must not hold up the exit: give closing a bounded time.
@@ -448,8 +455,7 @@ class Daemon:
 
     def _status_text(self, rate: float) -> str:
         stats = [ingest.stats for ingest, _, _ in self.streams.values()]
-        starting = [ingest.stats for ingest in self._registering]
-        if self._start_waiting or any(s.waiting_for_db for s in stats + starting):
+        if self._start_waiting or any(s.waiting_for_db for s in stats):
             return WAITING_FOR_DB
         lag = sum(s.lag_bytes for s in stats)
         rejected = sum(s.rejected for s in stats)
@@ -521,14 +527,20 @@ class Daemon:
         wanted = set(new.log_files)
         for path in list(self.streams):
             if path not in wanted:
-                _, stop, task = self.streams.pop(path)
+                ingest, stop, task = self.streams.pop(path)
                 self._streams_changed.set()
                 stop.set()
+                if ingest.stats.waiting_for_db:
+                    # As at stop: it could store nothing now, and reload must not hang on it.
+                    task.cancel()
                 (result,) = await asyncio.gather(task, return_exceptions=True)
-                if isinstance(result, BaseException):
+                if isinstance(result, BaseException) and not task.cancelled():
                     log.error("stream failed while stopping", path=str(path), error=repr(result))
                 log.info("stopped following", path=str(path))
-        for path in sorted(wanted - set(self.streams)):
+        added = sorted(wanted - set(self.streams))
+        if added:
+            await self._warn_if_short_of_connections(len(added))
+        for path in added:
             if self.stop.is_set():
                 break
             await self._start_stream(path)
@@ -540,6 +552,29 @@ class Daemon:
             recovery_threshold=new.recovery_threshold,
             window_seconds=new.window_seconds,
         )
+
+    async def _warn_if_short_of_connections(self, added: int) -> None:
+        """Warn when the files a reload adds cannot all have a connection now."""
+        if self._control is None:
+            return  # reload already said the database is away
+        try:
+            budget = await db.connection_budget(self._control)
+        except db.DB_ERRORS as exc:
+            log.warning("reload could not read the connection limits", error=str(exc))
+            return
+        if added > budget.now:
+            hint = (
+                "; a restart starts the embedded database with room for every file"
+                if self._own_cluster
+                else ""
+            )
+            log.warning(
+                "not enough free database connections for the files added; the streams "
+                f"that cannot connect wait for a slot{hint}",
+                files=added,
+                free=budget.now,
+                limit=budget.limit,
+            )
 
     def _on_reload_signal(self) -> None:
         task = asyncio.create_task(self.reload(), name="reload")

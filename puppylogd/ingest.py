@@ -172,6 +172,8 @@ class StreamIngest:
         self.path = path
         self.group_id = group_id
         self.stats = StreamStats()
+        # Set while the stream waits for the database (``stats.waiting_for_db``), to await it.
+        self.db_wait = asyncio.Event()
         self.stream_id = 0
         self._on_progress = on_progress
         self._on_rejected = on_rejected
@@ -219,6 +221,7 @@ class StreamIngest:
                 if not self.stats.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))
                 self.stats.waiting_for_db = True
+                self.db_wait.set()
                 if isinstance(exc, db.ANSWERED_ERRORS):
                     # The server is down or full, not hung: we are alive and retrying.
                     self._on_progress()
@@ -227,6 +230,7 @@ class StreamIngest:
         if self.stats.waiting_for_db:
             log.info("database is back", path=str(self.path))
             self.stats.waiting_for_db = False
+            self.db_wait.clear()
         return current
 
     async def _drop_connection(self) -> None:

@@ -7,6 +7,7 @@ role or database limit below that used to surface as ``too many clients`` half-w
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -190,6 +191,8 @@ def test_run_starts_when_slots_are_short_for_now_and_stops_while_a_stream_waits(
             events = [json.loads(line) for line in daemon.output().splitlines()]
             (short,) = [e for e in events if e["event"].startswith("not enough free database")]
             assert (short["files"], short["free"]) == (3, 2)
+            # The stream that waits for a slot holds up neither the others nor the start.
+            wait_for(lambda: '"event": "ready"' in daemon.output(), 10, message=daemon.output)
             started = time.monotonic()
             assert daemon.stop() == 0, daemon.output()
             assert time.monotonic() - started < 10
@@ -197,6 +200,33 @@ def test_run_starts_when_slots_are_short_for_now_and_stops_while_a_stream_waits(
         assert holder.wait(10) == 0
     # What the third file holds is read on the next start, once there is a slot for it.
     run_once(dsn, *files)
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates, c.lines_stored) == (15, 0, 15)
+
+
+def test_files_a_reload_adds_beyond_the_free_slots_are_a_warning_and_wait(
+    tmp_path: Path, db_dsn: str, limited_writer: Callable[[int], str]
+) -> None:
+    """A reload adding two files with one slot left: a warning naming the limit, no loss."""
+    dsn = limited_writer(3)  # the daemon's own, the first file's, and one more
+    files = [tmp_path / f"site{i}.log" for i in range(3)]
+    for i, f in enumerate(files):
+        append(f, clf_lines(i * 1000, 5, recent(30)))
+    env_file = tmp_path / "puppylogd.env"
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={files[0]}\n", encoding="utf-8")
+    with start_daemon(dsn, env={"PUPPYLOG_ENV_FILE": str(env_file)}, poll_interval=0.05) as daemon:
+        wait_for(lambda: count_rows(db_dsn) == 5, 30, message=daemon.output)
+        env_file.write_text(f"PUPPYLOG_LOG_FILES={','.join(map(str, files))}\n", encoding="utf-8")
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: count_rows(db_dsn) == 10, 30, message=daemon.output)
+        wait_for(lambda: "configuration reloaded" in daemon.output(), 30, message=daemon.output)
+        events = [json.loads(line) for line in daemon.output().splitlines()]
+        (short,) = [e for e in events if e["event"].startswith("not enough free database")]
+        assert "files added" in short["event"]
+        assert (short["files"], short["free"]) == (2, 1)
+        assert short["limit"].endswith("has CONNECTION LIMIT 3"), short
+        assert daemon.stop() == 0, daemon.output()
+    run_once(dsn, files[2])  # the third file's lines, once there is a slot for them
     c = counts(db_dsn)
     assert (c.rows, c.duplicates, c.lines_stored) == (15, 0, 15)
 

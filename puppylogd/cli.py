@@ -122,8 +122,10 @@ class ConfigSource:
         self.required = required
         self.base = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
         self.base.pop(ENV_FILE_ENV, None)
+        # Why the optional file could not be read, if it could not (see _file_values).
+        self.unreadable: str | None = None
         try:
-            initial = self._file_values()
+            initial = self._file_values() or {}
         except OSError:
             initial = {}
         # Under systemd the file's values are already in our environment: they belong to
@@ -132,7 +134,13 @@ class ConfigSource:
             if self.base.get(key) == value:
                 del self.base[key]
 
-    def _file_values(self) -> dict[str, str]:
+    def _file_values(self) -> dict[str, str] | None:
+        """Return the file's assignments; None when the optional file cannot be read.
+
+        systemd reads ``EnvironmentFile=`` as root, so the file may be root-only (a common
+        setup, and what older docs advised): its values are then in our environment already,
+        and only re-reading it on reload is impossible.
+        """
         if self.env_file is None:
             return {}
         try:
@@ -141,10 +149,18 @@ class ConfigSource:
             if self.required:
                 raise
             return {}
+        except PermissionError as exc:
+            if self.required:
+                raise
+            self.unreadable = (
+                f"cannot read the environment file {self.env_file} ({exc.strerror}): make it "
+                f"readable by this user (root:puppylog 0640) so that reload can re-read it"
+            )
+            return None
 
     def load(self) -> Settings:
         """Build the settings now; on any error the environment is left as it was."""
-        values = {**self.base, **self._file_values()}
+        values = {**self.base, **(self._file_values() or {})}
         before = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
         _replace_env(values)
         try:
@@ -271,13 +287,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(settings, plain=bool(args.plain), duration=args.duration)
     configure_logging(settings.log_level, settings.log_format)
+    if source.unreadable:
+        structlog.get_logger("puppylogd").warning(
+            source.unreadable + "; until then the settings systemd loaded from it at start apply"
+        )
     if getattr(args, "dsn", None) and dsn_has_password(args.dsn):
         structlog.get_logger("puppylogd").warning(PASSWORD_ON_COMMAND_LINE)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
 
     def reload() -> Settings:
+        source.unreadable = None
         new = source.load()
+        if source.unreadable:
+            raise PermissionError(source.unreadable)
         configure_logging(new.log_level, new.log_format)
         return new
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from puppylogd import cli
 from puppylogd.cli import GC_YOUNG_THRESHOLD, fewer_gc_passes
 
 
@@ -46,3 +48,28 @@ def test_thresholds_are_restored_even_after_an_error() -> None:
     with pytest.raises(RuntimeError), fewer_gc_passes():
         raise RuntimeError("boom")
     assert gc.get_threshold() == before
+
+
+def test_a_root_only_environment_file_keeps_what_systemd_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd read the unit's root-only file: the daemon starts with it, reload says why not.
+
+    Root reads any file, so the refusal the service user gets is simulated at the read.
+    """
+    env_file = tmp_path / "puppylogd.env"
+    env_file.write_text("PUPPYLOG_THRESHOLD=7\n", encoding="utf-8")
+    monkeypatch.setenv("PUPPYLOG_THRESHOLD", "7")  # what systemd's EnvironmentFile= set
+
+    def refuse(path: Path) -> dict[str, str]:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cli, "read_env_file", refuse)
+    args = cli.build_parser().parse_args(["run"])
+    source = cli.ConfigSource(args, env_file, required=False)
+    assert source.load().threshold == 7
+    assert source.unreadable is not None
+    assert str(env_file) in source.unreadable and "root:puppylog 0640" in source.unreadable
+    # Named explicitly (--env-file, $PUPPYLOG_ENV_FILE), an unreadable file is an error.
+    with pytest.raises(PermissionError):
+        cli.ConfigSource(args, env_file, required=True).load()

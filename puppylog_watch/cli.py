@@ -62,6 +62,8 @@ def resolve_dsn(
         raise WatchError(describe_error(exc)) from exc
     except OSError as exc:
         raise WatchError(f"cannot read the DSN file: {exc}") from exc
+    except ValueError as exc:
+        raise WatchError(str(exc)) from exc
     if resolved:
         return resolved, None
     from puppylogd.embedded import Cluster, EmbeddedError

@@ -23,7 +23,9 @@ from puppylogd.config import (
     Settings,
     describe_error,
     dsn_has_password,
+    unknown_settings,
 )
+from puppylogd.embedded import BINDIR_ENV
 from puppylogd.logs import configure_logging, mask_dsn
 
 # Flags spelt differently from their setting: a repeatable --log-file fills log_files.
@@ -34,6 +36,8 @@ ENV_FILE_ENV = "PUPPYLOG_ENV_FILE"
 # Under systemd (ConfigurationDirectory=puppylog) this is /etc/puppylog/puppylogd.env, the
 # unit's EnvironmentFile=; re-reading it is what makes `systemctl reload` see an edit.
 ENV_FILE_NAME = "puppylogd.env"
+# PUPPYLOG_* variables that are not Settings fields.
+KNOWN_ENV = (ENV_FILE_ENV, BINDIR_ENV)
 
 
 def _is_bool(info: FieldInfo) -> bool:
@@ -85,13 +89,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Return the ``PUPPYLOG_*`` assignments of a systemd ``EnvironmentFile=``-style file."""
-    from dotenv import dotenv_values
+    """Return the ``PUPPYLOG_*`` assignments of a systemd ``EnvironmentFile=``-style file.
+
+    A line that cannot be parsed is a ValueError naming it: skipped, it would leave its
+    setting at the default without a word.
+    """
+    from dotenv.parser import parse_stream
 
     if not path.is_file():
         raise FileNotFoundError(f"environment file {path} does not exist")
-    values = dotenv_values(path, interpolate=False, encoding="utf-8")
-    return {k: v for k, v in values.items() if k.startswith(ENV_PREFIX) and v is not None}
+    values = {}
+    with path.open(encoding="utf-8") as stream:
+        for binding in parse_stream(stream):
+            if binding.error:
+                text = binding.original.string.strip()
+                raise ValueError(
+                    f"environment file {path}, line {binding.original.line}: cannot parse {text!r}"
+                )
+            if binding.key and binding.key.startswith(ENV_PREFIX) and binding.value is not None:
+                values[binding.key] = binding.value
+    return values
 
 
 def default_env_file() -> tuple[Path | None, bool]:
@@ -126,7 +143,7 @@ class ConfigSource:
         self.unreadable: str | None = None
         try:
             initial = self._file_values() or {}
-        except OSError:
+        except (OSError, ValueError):  # load() reports it
             initial = {}
         # Under systemd the file's values are already in our environment: they belong to
         # the file, not to the base, so removing one from the file removes it here too.
@@ -157,6 +174,10 @@ class ConfigSource:
                 f"readable by this user (root:puppylog 0640) so that reload can re-read it"
             )
             return None
+
+    def names(self) -> set[str]:
+        """Return the ``PUPPYLOG_*`` names given, in the environment or the file."""
+        return set(self.base) | set(self._file_values() or {})
 
     def load(self) -> Settings:
         """Build the settings now; on any error the environment is left as it was."""
@@ -274,12 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"puppylogd: error: {describe_error(exc)}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # the environment file: missing, unparsable
         print(f"puppylogd: error: {exc}", file=sys.stderr)
         return 2
     try:
         settings.resolved_dsn()  # an unreadable dsn_file is a bad setting: say so now
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"puppylogd: error: invalid setting dsn_file: {exc}", file=sys.stderr)
         return 2
     if args.command == "demo":
@@ -291,10 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         structlog.get_logger("puppylogd").warning(
             source.unreadable + "; until then the settings systemd loaded from it at start apply"
         )
+    for warning in unknown_settings(source.names(), known=KNOWN_ENV):
+        structlog.get_logger("puppylogd").warning(warning)
     if getattr(args, "dsn", None) and dsn_has_password(args.dsn):
         structlog.get_logger("puppylogd").warning(PASSWORD_ON_COMMAND_LINE)
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
+        from puppylogd.embedded import EmbeddedError
+
+        try:
+            return asyncio.run(_migrate(settings))
+        except EmbeddedError as exc:
+            structlog.get_logger("puppylogd").error("cannot start", error=str(exc))
+            return 1
 
     def reload() -> Settings:
         source.unreadable = None

@@ -17,7 +17,7 @@ import structlog
 
 from puppylogd import db
 from puppylogd.config import Settings
-from puppylogd.embedded import Cluster
+from puppylogd.embedded import Cluster, EmbeddedError
 from puppylogd.ingest import StreamIngest
 from puppylogd.logs import RateLimitedReporter, mask_dsn
 from puppylogd.migrations import apply_migrations
@@ -89,11 +89,19 @@ def connections_per_file(files: int, once: bool, budget: db.ConnectionBudget) ->
 
 async def open_embedded(settings: Settings) -> tuple[Cluster, str, bool]:
     """Start (or reuse) the embedded PostgreSQL under the state directory; return its DSN."""
-    cluster = Cluster(
-        settings.state_dir, max_connections=embedded_max_connections(len(settings.log_files))
-    )
-    was_running = await asyncio.to_thread(cluster.is_running)
-    await asyncio.to_thread(cluster.init)
+    try:
+        cluster = Cluster(
+            settings.state_dir, max_connections=embedded_max_connections(len(settings.log_files))
+        )
+        was_running = await asyncio.to_thread(cluster.is_running)
+        await asyncio.to_thread(cluster.init)
+    except OSError as exc:
+        # e.g. a state directory under a file, or where this user may not create it.
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise EmbeddedError(
+            f"cannot use the state directory {settings.state_dir}: {exc.strerror or exc}{where} "
+            "(set --state-dir / PUPPYLOG_STATE_DIR, or give a DSN)"
+        ) from exc
     if not was_running:
         await asyncio.to_thread(cluster.start)
     await cluster.ensure_database("puppylog")
@@ -508,7 +516,7 @@ class Daemon:
         changed = [name for name in fixed if getattr(new, name) != getattr(old, name)]
         try:
             new_dsn = new.resolved_dsn()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             new_dsn = None
             log.warning("reload could not read dsn_file", error=str(exc))
         if new_dsn != old.resolved_dsn():
@@ -628,6 +636,7 @@ class Daemon:
 
     async def _run_once(self) -> int:
         ingests: list[StreamIngest] = []
+        readable: list[StreamIngest] = []
         missing: list[str] = []
         try:
             for path in self.settings.log_files:
@@ -640,16 +649,21 @@ class Daemon:
                 except OSError as exc:
                     if not is_file_error(exc):
                         raise
-                    raise DaemonError(f"cannot open log file {path}: {exc}") from exc
+                    # Like a missing file: said, and the others are stored all the same.
+                    log.error("cannot open log file", path=str(path), error=str(exc))
+                    missing.append(str(path))
+                    continue
                 if decision == "waiting for file":
                     # A live daemon waits for it; a one-shot run has nothing to read: most
                     # likely a wrong path, which must not pass for an empty log.
                     log.error("no such log file (or not a regular file)", path=str(path))
                     missing.append(str(path))
+                    continue
+                readable.append(ingest)
             await asyncio.gather(
                 *(
                     asyncio.create_task(i.run_once(self._once_connections), name=f"once:{i.path}")
-                    for i in ingests
+                    for i in readable
                 )
             )
         finally:
@@ -671,11 +685,11 @@ class Daemon:
             )
         if missing:
             log.error(
-                "once: done, but files were missing",
+                "once: done, but some files could not be read",
                 stored=stored,
                 rejected=rejected,
                 rejected_reasons=reasons,
-                missing=missing,
+                unread=missing,
             )
             return 1
         log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons)

@@ -36,6 +36,11 @@ MIGRATIONS = sorted(p.stem for p in (Path(__file__).parents[2] / "migrations").g
         (["run", "--batch-ms", "-5"], {}, "batch_ms"),
         ([], {"PUPPYLOG_LOG_FORMAT": "xml"}, "log_format"),
         (["migrate", "--log-level", "loud"], {}, "log_level"),
+        # Waited for forever, and with --once too, before: asyncpg refuses it on every try.
+        (["--once", "--dsn", "host=db dbname=puppylog"], {}, "dsn"),
+        (["migrate"], {"PUPPYLOG_DSN": "postgresql://u:pw@localhost:abc/x"}, "dsn"),
+        (["--state-dir", ""], {}, "state_dir"),
+        (["--threshold", "nan"], {}, "threshold"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line(
@@ -53,6 +58,39 @@ def test_bad_setting_exits_2_with_one_line(
     assert f"PUPPYLOG_{setting.upper()}" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout == ""
+
+
+def test_a_mistyped_variable_is_named_and_a_broken_env_file_line_is_an_error(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Ignored in silence before: the setting stayed at its default."""
+    log = tmp_path / "access.log"
+    log.write_bytes(clf_lines(0, 5, recent(60)))
+    result = run_once(db_dsn, log, env={"PUPPYLOG_THRESHHOLD": "3"})
+    (warning,) = [json.loads(line) for line in result.stderr.splitlines() if "THRESHHOLD" in line]
+    assert warning["level"] == "warning"
+    assert warning["event"] == (
+        "PUPPYLOG_THRESHHOLD is not a setting and is ignored (did you mean PUPPYLOG_THRESHOLD?)"
+    )
+    env_file = tmp_path / "puppylogd.env"
+    env_file.write_text('PUPPYLOG_THRESHOLD="5\n', encoding="utf-8")
+    result = run_cli("--once", env={"PUPPYLOG_ENV_FILE": str(env_file)}, timeout=30)
+    assert result.returncode == 2, result
+    assert result.stderr == (
+        f"puppylogd: error: environment file {env_file}, line 1: cannot parse "
+        "'PUPPYLOG_THRESHOLD=\"5'\n"
+    )
+
+
+def test_a_state_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    result = run_cli("--once", "--state-dir", str(blocker / "state"), timeout=60)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"level": "error"' in x]
+    assert line["event"] == "cannot start"
+    assert line["error"].startswith(f"cannot use the state directory {blocker / 'state'}: ")
 
 
 @pytest.fixture
@@ -155,8 +193,8 @@ def test_once_with_a_missing_file_stores_the_others_and_exits_1(
     assert [(e["event"], e.get("path")) for e in errors[:1]] == [
         ("no such log file (or not a regular file)", str(missing))
     ]
-    assert errors[-1]["event"] == "once: done, but files were missing"
-    assert errors[-1]["missing"] == [str(missing)]
+    assert errors[-1]["event"] == "once: done, but some files could not be read"
+    assert errors[-1]["unread"] == [str(missing)]
     assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
 
 
@@ -175,15 +213,17 @@ def once_failing(db_dsn: str, present: Path, *files: Path) -> list[dict[str, Any
     return [e for e in events if e["level"] == "error"]
 
 
-def test_once_with_a_path_that_cannot_be_opened_is_one_clear_line(
+def test_once_with_a_path_that_cannot_be_opened_stores_the_others_and_exits_1(
     db_dsn: str, tmp_path: Path
 ) -> None:
+    """Like a missing file: one error line naming it, the other files stored, exit 1."""
     present = tmp_path / "access.log"
     bad = present / "not-a-directory.log"  # a regular file on the way: ENOTDIR
-    (line,) = once_failing(db_dsn, present, present, bad)
-    assert line["event"] == "cannot start"
-    assert line["error"].startswith(f"cannot open log file {bad}: ")
+    line, done = once_failing(db_dsn, present, bad, present)
+    assert (line["event"], line["path"]) == ("cannot open log file", str(bad))
     assert "Not a directory" in line["error"]
+    assert done["event"] == "once: done, but some files could not be read"
+    assert (done["unread"], done["stored"], count_rows(db_dsn)) == ([str(bad)], 5, 5)
 
 
 def test_run_warns_about_a_missing_file_and_follows_it_once_it_appears(

@@ -613,6 +613,19 @@ class StreamIngest:
                 break
             await self._commit(await self._prepare(chunk))
 
+    def _warn_unterminated(self) -> None:
+        """Say so when the file ends in a line without its newline (left for a later run)."""
+        size = self._tailer.file_size()
+        left = 0 if size is None else size - self._tailer.position.offset
+        if left > 0:
+            # It may be half-written: storing it now could store half a line.
+            log.warning(
+                "the file ends in a line without a newline: not stored; the next run (or a "
+                "live daemon) stores it once its newline is written",
+                path=str(self.path),
+                bytes=left,
+            )
+
     async def run_once(self, connections: int = 2) -> None:
         """Store what the file holds now, close its time at its last timestamp, and return.
 
@@ -667,6 +680,7 @@ class StreamIngest:
                 while commits:
                     await commits[0][0]
                     del commits[0]
+                self._warn_unterminated()
                 # Time stops at the last timestamp: close that second too (but never a
                 # second the wall clock has not reached: a fast clock must not close it).
                 final = self._max_ts + timedelta(seconds=1) if self._max_ts else None

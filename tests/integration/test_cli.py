@@ -82,6 +82,27 @@ def test_a_mistyped_variable_is_named_and_a_broken_env_file_line_is_an_error(
     )
 
 
+def test_once_says_so_when_the_last_line_has_no_newline_and_stores_it_later(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    complete, last = clf_lines(0, 2, recent(60)).splitlines(keepends=True)
+    log.write_bytes(complete + last.rstrip(b"\n"))
+    result = run_once(db_dsn, log)
+    (warning,) = [json.loads(x) for x in result.stderr.splitlines() if "without a newline" in x]
+    assert (warning["level"], warning["path"], warning["bytes"]) == (
+        "warning",
+        str(log),
+        len(last) - 1,
+    )
+    assert count_rows(db_dsn) == 1
+    with log.open("ab") as f:
+        f.write(b"\n")
+    result = run_once(db_dsn, log)
+    assert "without a newline" not in result.stderr
+    assert count_rows(db_dsn) == 2
+
+
 def test_a_state_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("", encoding="utf-8")

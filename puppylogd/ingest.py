@@ -22,6 +22,7 @@ import structlog
 
 from puppylogd import db
 from puppylogd.config import Settings
+from puppylogd.logs import RateLimitedReporter
 from puppylogd.parser import COLUMNS, Parser, RecordRow, Rejected
 from puppylogd.tailer import Chunk, Position, Tailer
 
@@ -192,6 +193,9 @@ class StreamIngest:
         self._settled: Position | None = None
         self._known_days: set[date] = set()
         self._lateness = timedelta(seconds=settings.lateness_seconds)
+        self._conflicts = RateLimitedReporter(
+            limit=1, interval=60.0, summary_event="checkpoint conflicts suppressed"
+        )
 
     # -- connection and synchronisation -------------------------------------------------
 
@@ -538,7 +542,9 @@ class StreamIngest:
     async def _handle_failure(self, exc: BaseException) -> None:
         """Log a failed commit, wait a little, then rewind to the committed checkpoint."""
         if isinstance(exc, CheckpointConflict):
-            log.warning(
+            # Two daemons on one stream collide on every batch: say it, not flood with it.
+            self._conflicts.report(
+                log,
                 "checkpoint moved by someone else; is another puppylogd tailing this file "
                 "with the same group and host?",
                 path=str(self.path),
@@ -715,6 +721,7 @@ class StreamIngest:
 
     async def close(self) -> None:
         """Close the tailer and the connections."""
+        self._conflicts.flush()
         self._tailer.close()
         conns, self._conn, self._spare = (self._conn, self._spare), None, None
         for conn in conns:

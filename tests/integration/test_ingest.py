@@ -528,3 +528,30 @@ async def test_heartbeat_waits_for_lines_read_but_not_yet_stored(
     # The stream's time must not pass the lines in flight: their seconds stay open.
     assert in_flight is None or in_flight <= old, in_flight
     assert after is not None and after >= recent(lateness + 2)
+
+
+def test_two_daemons_on_one_stream_store_each_line_once_and_say_so_once(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """The same file, group and host twice (a copy-pasted unit): no duplicate, one warning."""
+    path = tmp_path / "access.log"
+    written = 0
+    with (
+        start_daemon(db_dsn, path, poll_interval=0.02, batch_ms=20) as first,
+        start_daemon(db_dsn, path, poll_interval=0.02, batch_ms=20) as second,
+    ):
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            append(path, clf_lines(written, 50, recent(30)))
+            written += 50
+            time.sleep(0.02)
+        wait_for(lambda: count_rows(db_dsn) == written, 30, message=first.output)
+        assert first.stop() == 0 and second.stop() == 0
+        outputs = [first.output(), second.output()]
+    c = counts(db_dsn)
+    assert (c.rows, c.duplicates) == (written, 0)
+    events = [json.loads(line) for out in outputs for line in out.splitlines()]
+    conflicts = [e for e in events if e["event"].startswith("checkpoint moved by someone")]
+    summaries = [e for e in events if e["event"] == "checkpoint conflicts suppressed"]
+    assert 1 <= len(conflicts) <= 2, len(conflicts)  # one per daemon and minute at most
+    assert len(summaries) <= 2

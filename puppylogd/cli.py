@@ -381,3 +381,5 @@ async def _migrate(settings: Settings) -> int:
     finally:
         if cluster is not None and own:
             await asyncio.to_thread(cluster.stop)
+        if cluster is not None:
+            cluster.release()

@@ -102,10 +102,18 @@ async def open_embedded(settings: Settings) -> tuple[Cluster, str, bool]:
             f"cannot use the state directory {settings.state_dir}: {exc.strerror or exc}{where} "
             "(set --state-dir / PUPPYLOG_STATE_DIR, or give a DSN)"
         ) from exc
+    # Claimed before starting: a second puppylogd that comes now must not adopt it.
+    owner = await asyncio.to_thread(cluster.claim)
     if not was_running:
         await asyncio.to_thread(cluster.start)
+    elif owner:
+        log.warning(
+            "the embedded database was left running by a puppylogd that is gone: adopting "
+            "it (this process stops it when it ends)",
+            state_dir=str(settings.state_dir),
+        )
     await cluster.ensure_database("puppylog")
-    return cluster, cluster.dsn(), not was_running
+    return cluster, cluster.dsn(), owner or not was_running
 
 
 async def connect_with_retry(
@@ -633,6 +641,8 @@ class Daemon:
             if self.cluster is not None and self._own_cluster:
                 log.info("stopping embedded database", state_dir=str(self.settings.state_dir))
                 await asyncio.to_thread(self.cluster.stop)
+            if self.cluster is not None:
+                self.cluster.release()
 
     async def _run_once(self) -> int:
         ingests: list[StreamIngest] = []

@@ -6,6 +6,7 @@ Layout under the base (state) directory::
     run/            the Unix socket directory (0700, or 0750 with a socket group)
     postgres.log    the server's stdout/stderr
     postgres.lock   flock()ed while initialising, starting or stopping
+    owner.lock      flock()ed by the puppylogd that runs the server, for as long as it lives
     pginstall/      a private copy of the server binaries, only when the account that runs
                     the server cannot execute the originals (e.g. a wheel under /root)
 
@@ -388,6 +389,7 @@ class Cluster:
         self.template = Path(template) if template is not None else None
         self._requested_bindir = Path(bindir) if bindir is not None else None
         self._bindir: Path | None = None
+        self._owner_fd: int | None = None
         self._account_cache: _Account | None = None
         self._paused: list[int] = []
         if "," in str(self.socket_dir):
@@ -564,6 +566,33 @@ class Cluster:
             yield
         finally:
             os.close(fd)
+
+    def claim(self) -> bool:
+        """Take the owner's lock (``owner.lock``) until :meth:`release`; False if it is held.
+
+        The process that runs the server for its own use holds it. One that finds the server
+        running and still gets the lock knows the process that started it is gone (a crash,
+        ``kill -9``): the kernel dropped its lock, and the server is an orphan to adopt.
+        """
+        if self._owner_fd is not None:
+            return True
+        self._make_base_dir()
+        fd = os.open(self.base_dir / "owner.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._owner_fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give up the owner's lock taken by :meth:`claim` (a no-op without it)."""
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     def _make_base_dir(self) -> None:
         if not self.base_dir.is_dir():

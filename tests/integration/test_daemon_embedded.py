@@ -90,3 +90,39 @@ def test_first_start_initialises_second_start_reuses_and_stop_stops_the_server(
     assert (cluster.data_dir / "PG_VERSION").is_file()
     events = assert_clean_json_logs(second)
     assert "migrations applied" not in [e["event"] for e in events]
+
+
+def test_a_server_left_by_a_killed_daemon_is_adopted_and_one_in_use_is_not(
+    workdir: Path,  # noqa: F811
+    notify: NotifySocket,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    """kill -9 leaves the server running: the next daemon stops it at its end, not before."""
+    state = workdir / "state"
+    log_file, other = workdir / "access.log", workdir / "other.log"
+    append(log_file, lines(0, 10))
+    append(other, lines(100, 5, tag="other"))
+    args = ["--state-dir", str(state), "--log-file", str(log_file)]
+    cluster = Cluster(state)
+    crashed = spawn(args, notify=notify)
+    ready = notify.wait("READY=1", timeout=90)
+    wait_for("the first lines", lambda: stored(cluster.dsn()) == (10, 10))
+    crashed.kill()
+    orphan = cluster.postmaster_pid()
+    assert orphan is not None  # nobody will ever stop it: the next daemon must adopt it
+
+    adopter = spawn(args, notify=notify)
+    notify.wait("READY=1", after=ready, timeout=60)
+    assert cluster.postmaster_pid() == orphan
+    adopted = [e for e in adopter.events() if "left running by a puppylogd" in e["event"]]
+    assert [e["level"] for e in adopted] == ["warning"]
+
+    # While the adopter lives, another run uses the server and leaves it running.
+    user = spawn(["--state-dir", str(state), "--log-file", str(other), "--once"], notify=None)
+    assert user.proc.wait(60) == 0, user.output()
+    assert not [e for e in user.events() if "left running by a puppylogd" in e["event"]]
+    assert cluster.postmaster_pid() == orphan
+    assert stored(cluster.dsn()) == (15, 15)
+
+    assert adopter.stop() == 0
+    assert cluster.postmaster_pid() is None

@@ -11,11 +11,18 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.console import Console
 
+from puppylogd import __version__
+
 __all__ = ["build_parser", "main", "resolve_dsn"]
 
 
 class WatchError(Exception):
-    """A problem that ends the watch with one clear line (exit 1)."""
+    """A problem that ends the watch with one clear line (exit ``status``: 1, or 2 for a bad
+    setting)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,14 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON payload per line (NDJSON)")
     out.add_argument("--history", action="store_true", help="print past alerts and exit")
     p.add_argument("--since", help="with --history: only alerts since this ISO 8601 time")
+    p.add_argument("--version", action="version", version=f"puppylog-watch {__version__}")
     return p
 
 
 def resolve_dsn(
     dsn: str | None, dsn_file: Path | None, state_dir: Path | None
 ) -> tuple[str, str | None]:
-    """Return (dsn, note): the configured DSN, else the daemon's running embedded database."""
-    from puppylogd.config import Settings
+    """Return (dsn, note): the configured DSN, else the daemon's running embedded database.
+
+    Only the connection settings are read: the daemon's others (a threshold, its files) are
+    none of the watch's business, and a bad one must not stop it.
+    """
+    from puppylogd.config import ConnectionSettings
 
     overrides: dict[str, object] = {}
     if dsn:
@@ -54,16 +66,16 @@ def resolve_dsn(
     if state_dir is not None:
         overrides["state_dir"] = state_dir
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = ConnectionSettings(**overrides)  # type: ignore[arg-type]
         resolved = settings.resolved_dsn()
     except ValidationError as exc:
         from puppylogd.config import describe_error
 
-        raise WatchError(describe_error(exc)) from exc
+        raise WatchError(describe_error(exc), status=2) from exc
     except OSError as exc:
-        raise WatchError(f"cannot read the DSN file: {exc}") from exc
+        raise WatchError(f"invalid setting dsn_file: cannot read it: {exc}", status=2) from exc
     except ValueError as exc:
-        raise WatchError(str(exc)) from exc
+        raise WatchError(f"invalid setting dsn_file: {exc}", status=2) from exc
     if resolved:
         return resolved, None
     from puppylogd.embedded import Cluster, EmbeddedError
@@ -103,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dsn, _note = resolve_dsn(args.dsn, args.dsn_file, args.state_dir)
     except WatchError as exc:
         print(f"puppylog-watch: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     from puppylog_watch.app import run_history, run_watch
 
     if args.history:

@@ -207,7 +207,7 @@ def _field_comments() -> None:
 
     from puppylogd import config
 
-    source = inspect.getsource(config.Settings).splitlines()
+    source = inspect.getsource(config).splitlines()
     for i, line in enumerate(source):
         stripped = line.strip()
         if not stripped.startswith("# ") or i + 1 >= len(source):

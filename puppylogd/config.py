@@ -100,8 +100,8 @@ def default_state_dir() -> Path:
     return Path(xdg) / "puppylog"
 
 
-class Settings(BaseSettings):
-    """Every knob of puppylogd; each field is also ``PUPPYLOG_<NAME>`` and a CLI flag."""
+class ConnectionSettings(BaseSettings):
+    """Where the database is: all that puppylog-watch reads of the daemon's settings."""
 
     model_config = SettingsConfigDict(env_prefix="PUPPYLOG_", extra="ignore")
 
@@ -109,6 +109,43 @@ class Settings(BaseSettings):
     dsn: str | None = None
     # File holding the DSN (keeps passwords out of the environment and the command line).
     dsn_file: Path | None = None
+    # Directory for the embedded database and local state.
+    state_dir: Path = Field(default_factory=default_state_dir)
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: str | None) -> str | None:
+        return check_dsn(value) if value else value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_given(cls, value: object) -> object:
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_absolute(cls, value: Path) -> Path:
+        # Relative to the directory of the start: later chdirs must not move the database.
+        return Path(os.path.abspath(value))
+
+    def resolved_dsn(self) -> str | None:
+        """Return the DSN from ``dsn`` or ``dsn_file``; None means the embedded database."""
+        if self.dsn:
+            return self.dsn
+        if self.dsn_file is not None:
+            dsn = self.dsn_file.read_text(encoding="utf-8").strip()
+            try:
+                return check_dsn(dsn)
+            except ValueError as exc:
+                raise ValueError(f"the DSN in {self.dsn_file}: {exc}") from None
+        return None
+
+
+class Settings(ConnectionSettings):
+    """Every knob of puppylogd; each field is also ``PUPPYLOG_<NAME>`` and a CLI flag."""
+
     # Access logs to tail (env: comma-separated); each is one stream.
     log_files: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [DEFAULT_LOG_FILE])
     # Log group (site or service) the streams feed; alerts are on a group's total traffic.
@@ -139,30 +176,10 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
     # Days of records kept; older partitions are dropped. 0 keeps everything.
     retention_days: int = Field(default=7, ge=0, le=36500)
-    # Directory for the embedded database and local state.
-    state_dir: Path = Field(default_factory=default_state_dir)
     # Log level of the daemon's own logs.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Log rendering: pretty on a terminal, JSON lines otherwise (auto), or forced.
     log_format: Literal["auto", "pretty", "json"] = "auto"
-
-    @field_validator("dsn")
-    @classmethod
-    def _check_dsn(cls, value: str | None) -> str | None:
-        return check_dsn(value) if value else value
-
-    @field_validator("state_dir", mode="before")
-    @classmethod
-    def _state_dir_given(cls, value: object) -> object:
-        if isinstance(value, str | Path) and not str(value).strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("state_dir")
-    @classmethod
-    def _state_dir_absolute(cls, value: Path) -> Path:
-        # Relative to the directory of the start: later chdirs must not move the database.
-        return Path(os.path.abspath(value))
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -200,18 +217,6 @@ class Settings(BaseSettings):
                 f"PUPPYLOG_RECOVERY_THRESHOLD) must not exceed threshold ({self.threshold:g})"
             )
         return self
-
-    def resolved_dsn(self) -> str | None:
-        """Return the DSN from ``dsn`` or ``dsn_file``; None means the embedded database."""
-        if self.dsn:
-            return self.dsn
-        if self.dsn_file is not None:
-            dsn = self.dsn_file.read_text(encoding="utf-8").strip()
-            try:
-                return check_dsn(dsn)
-            except ValueError as exc:
-                raise ValueError(f"the DSN in {self.dsn_file}: {exc}") from None
-        return None
 
 
 def describe_error(exc: ValidationError) -> str:

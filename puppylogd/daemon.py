@@ -334,7 +334,9 @@ class Daemon:
         delay = REGISTER_RETRY_START
         while True:
             try:
-                return await self._unless_stopped(ingest.register(), name=f"register:{ingest.path}")
+                decision = await self._unless_stopped(
+                    ingest.register(), name=f"register:{ingest.path}"
+                )
             except db.DB_ERRORS as exc:
                 if is_file_error(exc):
                     await self._file_failed(ingest, exc)
@@ -348,6 +350,11 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=delay)
                 delay = min(delay * 2, REGISTER_RETRY_MAX)
+                continue
+            if decision == "waiting for file":
+                # Followed from the moment it appears; a mistyped path must not wait unnoticed.
+                log.warning("log file does not exist yet; waiting for it", path=str(ingest.path))
+            return decision
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T], name: str) -> T | None:
         """Return what ``work`` returns (its exception propagates), or None once stopped."""
@@ -409,9 +416,6 @@ class Daemon:
     ) -> None:
         try:
             decision = await registering
-            if decision == "waiting for file":
-                # Followed from the moment it appears; a mistyped path must not wait unnoticed.
-                log.warning("log file does not exist yet; waiting for it", path=str(ingest.path))
             if decision is not None or await self._reopen(ingest, stop):
                 await ingest.run(stop)
         finally:

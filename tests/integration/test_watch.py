@@ -387,6 +387,32 @@ def test_no_dsn_and_no_embedded_database_says_so(tmp_path: Path) -> None:
     assert os.path.exists(tmp_path) and not (tmp_path / "state").exists()
 
 
+def test_watch_reads_only_the_connection_settings_and_a_bad_one_is_exit_2(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """The daemon's own settings are none of its business; its own bad setting is one line."""
+
+    def watch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "puppylog_watch", *args],
+            env=daemon_env(env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    daemon_only = {"PUPPYLOG_THRESHOLD": "-1", "PUPPYLOG_LOG_FILES": ""}
+    ok = watch("--history", env={"PUPPYLOG_DSN": db_dsn, **daemon_only})
+    assert (ok.returncode, ok.stderr) == (0, ""), ok
+    bad = watch("--history", env={"PUPPYLOG_DSN": "host=db dbname=puppylog"})
+    assert bad.returncode == 2, bad
+    assert bad.stderr.startswith("puppylog-watch: error: invalid setting dsn (--dsn / ")
+    assert len(bad.stderr.splitlines()) == 1
+    version = watch("--version", env={})
+    assert version.returncode == 0 and version.stdout.startswith("puppylog-watch ")
+
+
 def test_plain_watch_says_once_that_its_group_does_not_exist(
     db_dsn: str, watches: list[Watch]
 ) -> None:

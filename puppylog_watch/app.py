@@ -18,6 +18,7 @@ from puppylog_watch.models import AlertPayload, StatsPayload
 from puppylog_watch.render import (
     WatchView,
     history_table,
+    history_tsv,
     json_line,
     plain_alert,
     plain_stats,
@@ -206,5 +207,9 @@ def run_history(dsn: str, group: str, since: datetime | None, console: Console) 
         print(f"puppylog-watch: cannot read the alert history: {exc}", file=sys.stderr)
         return 1
     with contextlib.suppress(BrokenPipeError):
-        console.print(history_table(rows))
+        if console.is_terminal:
+            console.print(history_table(rows))
+        else:  # for scripts: a table cut to 80 columns is no use in a pipe
+            sys.stdout.write(history_tsv(rows))
+            sys.stdout.flush()
     return 0

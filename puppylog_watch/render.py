@@ -351,6 +351,36 @@ class WatchView:
         return root
 
 
+HISTORY_COLUMNS = (
+    "id",
+    "triggered_utc",
+    "recovered_utc",
+    "duration_s",
+    "hits_at_trigger",
+    "hits_at_recovery",
+    "threshold",
+)
+
+
+def history_tsv(rows: Sequence[dict[str, Any]]) -> str:
+    """Return past alerts as tab-separated lines under a header (``--history``, piped)."""
+    lines = ["\t".join(HISTORY_COLUMNS)]
+    for r in rows:
+        trig: datetime = r["triggered_at"]
+        rec: datetime | None = r["recovered_at"]
+        fields = [
+            r["id"],
+            _iso(trig),
+            _iso(rec) if rec else "",  # empty: still active
+            int(((rec or datetime.now(UTC)) - trig).total_seconds()),
+            r["hits_at_trigger"],
+            "" if r["hits_at_recovery"] is None else r["hits_at_recovery"],
+            f"{r['threshold']:g}",
+        ]
+        lines.append("\t".join(str(f) for f in fields))
+    return "\n".join(lines) + "\n"
+
+
 def history_table(rows: Sequence[dict[str, Any]]) -> RenderableType:
     """Return the table of past alerts (``--history``)."""
     table = Table(title="puppylog alerts", title_justify="left")

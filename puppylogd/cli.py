@@ -64,8 +64,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] 
         flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _field_help(name, info)}
         if _is_bool(info):
-            kwargs["action"] = "store_const"
-            kwargs["const"] = True
+            # --no-once too: a flag must be able to override PUPPYLOG_ONCE=true.
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif name == "log_files":
             kwargs["action"] = "append"
             kwargs["metavar"] = "PATH"

@@ -73,3 +73,13 @@ def test_a_root_only_environment_file_keeps_what_systemd_loaded(
     # Named explicitly (--env-file, $PUPPYLOG_ENV_FILE), an unreadable file is an error.
     with pytest.raises(PermissionError):
         cli.ConfigSource(args, env_file, required=True).load()
+
+
+def test_a_switch_set_in_the_environment_can_be_turned_off_by_a_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUPPYLOG_ONCE", "true")
+    parser = cli.build_parser()
+    assert cli.settings_from_args(parser.parse_args(["run"])).once is True
+    assert cli.settings_from_args(parser.parse_args(["run", "--no-once"])).once is False
+    assert cli.settings_from_args(parser.parse_args(["run", "--from-end"])).from_end is True

@@ -24,15 +24,18 @@ Decisions:
   to end of file and kept until it has not grown for ``rotate_grace`` seconds (writers
   reopen their log a little after the rename), then the tailer switches to the new file
   at offset 0 (event ``"rotated"``; ``"replaced"`` when the old file was deleted rather
-  than renamed).  While the path is missing the old descriptor is simply followed on (a
-  writer may still be appending to the deleted file); it is kept open until a new file
-  appears at the path.
+  than renamed).  A reader behind the writer (a backlog) may find the path rotated more
+  than once: it first reads, each from offset 0, the rotated siblings written after the
+  old file (see below), then the path.  While the path is missing the old descriptor is
+  simply followed on (a writer may still be appending to the deleted file); it is kept
+  open until a new file appears at the path.
 * Rotations while stopped: when the checkpoint's file has been renamed (found by inode and
   fingerprint in the path's directory), it is drained from the checkpoint, then the rotated
-  siblings written after it (``<name>.<suffix>``, regular, not ``.gz``/``.bz2``/``.xz``/
-  ``.zst``, newer mtime; a smaller counter when both suffixes are counters), oldest first,
-  each from offset 0, and then the file at the path: after two rotations the checkpoint's
-  file is ``access.log.2`` and ``access.log.1`` is read too.
+  siblings written after it (``<name>.<suffix>``, the suffix starting with a digit,
+  regular, not ``.gz``/``.bz2``/``.xz``/``.zst``, newer mtime; a smaller counter when both
+  suffixes are counters), oldest first, each from offset 0, and then the file at the path:
+  after two rotations the checkpoint's file is ``access.log.2`` and ``access.log.1`` is
+  read too.  A file read to its end since ``open`` is never read again that way.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, restarts it at offset 0 (event ``"truncated"``).
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
@@ -45,6 +48,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
@@ -78,6 +82,7 @@ _REPLACED = "checkpoint file replaced: starting at 0"
 # Rotated siblings with these endings are compressed copies, never read.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 _COUNTER_DIGITS = 4  # longest suffix read as a rotation counter (access.log.1 .. .9999)
+_FINISHED_KEPT = 64  # files remembered as read to their end (see Tailer._finished)
 
 # Outcomes of one non-blocking collection step.
 _FULL = "full"  # the chunk holds max_lines items
@@ -362,16 +367,21 @@ def _open_file(path: Path) -> _File | None:
         raise
 
 
-def _older_counter(suffix: str, old_suffix: str) -> bool:
-    """Return whether rotation counter ``suffix`` is at least ``old_suffix`` (an older file).
+def _is_counter(suffix: str) -> bool:
+    """Return whether ``suffix`` is a rotation counter (``access.log.3``), not a date."""
+    return len(suffix) <= _COUNTER_DIGITS and suffix.isascii() and suffix.isdigit()
 
-    Only short all-digit suffixes are counters (``access.log.3``); dates such as
-    ``.20261128`` grow with time instead and are ordered by mtime alone.
+
+def _rotated_after(suffix: str, mtime: int, ref_suffix: str | None, ref_mtime: int) -> bool:
+    """Return whether sibling ``suffix`` was rotated after the file named ``ref_suffix``.
+
+    Two counters: the smaller one is newer (a higher counter is an older rotation even if it
+    was touched later). Otherwise (dates such as ``.20261128``, or the reference's name is
+    unknown because it was deleted) the later modification time is newer.
     """
-    if not all(x.isascii() and x.isdigit() for x in (suffix, old_suffix)):
-        return False
-    counters = len(suffix) <= _COUNTER_DIGITS and len(old_suffix) <= _COUNTER_DIGITS
-    return counters and int(suffix) >= int(old_suffix)
+    if ref_suffix is not None and _is_counter(suffix) and _is_counter(ref_suffix):
+        return int(suffix) < int(ref_suffix)
+    return mtime > ref_mtime
 
 
 def _check_against(f: _File, cp: Position) -> str:
@@ -434,6 +444,9 @@ class Tailer:
         # Rotated siblings to drain, in order, after the current file and before the path
         # (files rotated while the daemon was stopped, between the checkpoint's and the path).
         self._chain: list[_File] = []
+        # Files read to their end since ``open`` (newest last): never read again as a newer
+        # rotated sibling, even if a late write made one look newer than its successor.
+        self._finished: collections.deque[Position] = collections.deque(maxlen=_FINISHED_KEPT)
         self._last: Position = NO_FILE  # end of the last emitted chunk
         self._acc: _Acc | None = None
         self._pending_event: str | None = None
@@ -490,7 +503,7 @@ class Tailer:
                 f.close()
             old.seek(checkpoint.offset)
             self._cur = old
-            self._chain = self._rotated_since(old, f.ident if f is not None else None)
+            self._chain = self._successors(old, {f.ident} if f is not None else set())
             return f"resumed from rotated file {old.name}"
         if f is None:
             return "waiting for file"
@@ -518,54 +531,69 @@ class Tailer:
                 f.close()
         return None
 
-    def _rotated_since(self, old: _File, current: tuple[int, int] | None) -> list[_File]:
-        """Open the rotated siblings written after ``old``, oldest first.
+    def _successors(self, ref: _File, exclude: set[tuple[int, int]]) -> list[_File]:
+        """Open the rotated siblings written after ``ref``, oldest first.
 
         A sibling is a regular, uncompressed file named ``<path name>.<suffix>`` in the
-        path's directory, other than ``old`` and the file at the path, modified after ``old``
-        (and, when both are rotation counters like ``.1``/``.2``, with a smaller counter: a
-        higher counter is an older rotation even if it was touched later). With two
-        rotations while stopped, the checkpoint's file is ``access.log.2`` and
-        ``access.log.1`` still holds lines never read.
+        path's directory, the suffix starting with a digit (a counter or a date), other than
+        ``ref``, the files in ``exclude`` (the file at the path)
+        and the files already read to their end since ``open``, rotated after ``ref``
+        (``_rotated_after``; ``ref``'s suffix is its current name, found by inode). With two
+        rotations before ``ref`` is finished (a restart, or a reader behind the writer),
+        ``ref`` is ``access.log.2`` and ``access.log.1`` still holds lines never read.
         """
         try:
-            old_mtime = os.fstat(old.fd).st_mtime_ns
+            ref_mtime = os.fstat(ref.fd).st_mtime_ns
             it = os.scandir(self.path.parent)
         except OSError:
             return []
         prefix = self.path.name + "."
-        found: list[tuple[int, str, _File]] = []
+        ref_suffix: str | None = None
+        entries: list[tuple[int, str, str]] = []  # (mtime, suffix, path)
         with it:
             for entry in it:
                 name = entry.name
                 if not name.startswith(prefix) or name.endswith(_COMPRESSED):
                     continue
                 try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    f = _open_file(Path(entry.path))
+                    st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if f is None:
-                    continue
-                try:
-                    mtime = os.fstat(f.fd).st_mtime_ns
-                except OSError:
-                    f.close()
-                    continue
-                if (
-                    f.ident in (old.ident, current)
-                    or mtime <= old_mtime
-                    or _older_counter(
-                        name[len(prefix) :],
-                        old.name[len(prefix) :] if old.name.startswith(prefix) else "",
-                    )
+                if (st.st_dev, st.st_ino) == ref.ident:
+                    ref_suffix = name[len(prefix) :]
+                elif (
+                    # A rotation suffix is a counter or a date; not ".bak", ".swp", ...
+                    name[len(prefix) : len(prefix) + 1].isdigit()
+                    and stat.S_ISREG(st.st_mode)
+                    and (st.st_dev, st.st_ino) not in exclude
                 ):
-                    f.close()
-                    continue
-                found.append((mtime, name, f))
-        found.sort(key=lambda item: (item[0], item[1]))
+                    entries.append((st.st_mtime_ns, name[len(prefix) :], entry.path))
+        found: list[tuple[int, str, _File]] = []
+        for mtime, suffix, path in entries:
+            if not _rotated_after(suffix, mtime, ref_suffix, ref_mtime):
+                continue
+            try:
+                f = _open_file(Path(path))
+            except OSError:
+                continue
+            if f is None:
+                continue
+            if f.ident in exclude or f.ident == ref.ident or self._was_read(f):
+                f.close()
+                continue
+            found.append((mtime, suffix, f))
+        if all(_is_counter(suffix) for _, suffix, _ in found):
+            found.sort(key=lambda item: -int(item[1]))
+        else:
+            found.sort(key=lambda item: (item[0], item[1]))
         return [f for _, _, f in found]
+
+    def _was_read(self, f: _File) -> bool:
+        """Return whether ``f`` is a file already read to its end since ``open``."""
+        return any(
+            f.ident == (pos.dev, pos.inode) and _check_against(f, pos) == "ok"
+            for pos in self._finished
+        )
 
     def rewind(self, pos: Position) -> None:
         """Discard buffers and continue from ``pos``, a committed position.
@@ -629,6 +657,7 @@ class Tailer:
                 f.close()
         self._cur = self._prev = self._next = None
         self._chain = []
+        self._finished.clear()
         self._acc = None
         self._pending_event = None
         self._caught_up = False
@@ -809,6 +838,13 @@ class Tailer:
                     target.close()
                 return _IDLE
             f.switch_event = "rotated" if st.st_nlink > 0 else "replaced"
+            # A reader behind the writer (a backlog, a slow catch-up) may see the path
+            # rotate more than once while in ``f``: the files rotated in between come first.
+            chain = self._successors(f, {target.ident})
+            if chain:
+                target.close()  # opened again once the chain is read
+                target = chain.pop(0)
+                self._chain = chain
         elif chained:
             self._chain.pop(0)
             f.switch_event = f.switch_event or "rotated"
@@ -817,6 +853,7 @@ class Tailer:
         acc = self._acc
         assert acc is not None
         f.flush_tail(self.max_line_bytes, acc.lines, acc.too_long)
+        self._finished.append(f.position())
         self._begin_event(f.switch_event or "rotated")
         self._drop_prev()
         self._prev = f

@@ -179,3 +179,103 @@ def test_restart_at_a_checkpoint_in_the_middle_file(tmp_path: Path) -> None:
     assert t.open(cp) == "resumed from rotated file access.log.2"
     assert lines_of(drain(t)) == [b"b3", b"c1", b"d1"]
     t.close()
+
+
+def test_reader_behind_two_rotations_reads_the_middle_file(tmp_path: Path) -> None:
+    """The reader still in A when the path rotates twice reads B (now .1) before C."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\na2\n")
+    t = make(p)
+    t.open(None)
+    first = t.read_available(1)
+    assert first is not None
+    assert first.lines == [b"a1"]  # behind: a2 is not read yet
+    append(p, b"a3\n")
+    rotate(p)
+    p.write_bytes(b"b1\nb2\n")
+    rotate(p)
+    p.write_bytes(b"c1\n")
+    chunks = [first, *drain(t, max_lines=2)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"a3", b"b1", b"b2", b"c1"]
+    assert [c.event for c in chunks if c.event] == ["rotated", "rotated"]
+    assert_contiguous(chunks)
+    append(p, b"c2\n")
+    assert lines_of(drain(t)) == [b"c2"]
+    t.close()
+
+
+async def test_reader_behind_with_grace_reads_every_rotated_file(tmp_path: Path) -> None:
+    """The live loop (next_chunk, rotate grace) reads all of A, B and C, in that order."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    chunks = [await t.next_chunk(100, 0.02)]
+    append(p, b"a2\n")
+    for name in (b"b", b"c", b"d"):
+        rotate(p)
+        p.write_bytes(name + b"1\n")
+    async with asyncio.timeout(5):
+        while len(lines_of(chunks)) < 5:
+            chunks.append(await t.next_chunk(100, 0.02))
+    assert lines_of(chunks) == [b"a1", b"a2", b"b1", b"c1", b"d1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_rotation_while_draining_the_files_found_at_start(tmp_path: Path) -> None:
+    """A rotation while the start-up chain is drained: the file that was at the path is read."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    rotate(p)
+    p.write_bytes(b"b1\nb2\n")
+    rotate(p)
+    p.write_bytes(b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log.2"
+    chunks = [t.read_available(1), t.read_available(1)]  # a2, then b1 after the switch
+    assert lines_of([c for c in chunks if c is not None]) == [b"a2", b"b1"]
+    # Rotated again: A is .3, B .2, C .1 and D is at the path.
+    rotate(p)
+    p.write_bytes(b"d1\n")
+    read = [c for c in chunks if c is not None] + drain(t, max_lines=1)
+    assert lines_of(read) == [b"a2", b"b1", b"b2", b"c1", b"d1"]
+    assert_contiguous(read)
+    t.close()
+
+
+def test_a_file_already_read_is_not_read_again(tmp_path: Path) -> None:
+    """A late write to a finished file makes it newer than its successor: still read once."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    p.rename(tmp_path / "access.log.20261127")
+    p.write_bytes(b"")  # B, never written to
+    time.sleep(0.01)
+    append(tmp_path / "access.log.20261127", b"a2\n")  # a late write to A: newer than B
+    chunks = drain(t)
+    time.sleep(0.01)
+    p.rename(tmp_path / "access.log.20261128")
+    p.write_bytes(b"c1\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"a1", b"a2", b"c1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_live_rotation_reads_no_backup_or_editor_file(tmp_path: Path) -> None:
+    """Files named like the log but not rotations (``.bak``, ``.swp``) are never read."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    chunks = drain(t)
+    rotate(p)
+    (tmp_path / "access.log.bak").write_bytes(b"a backup\n")
+    (tmp_path / "access.log.swp").write_bytes(b"an editor\n")
+    p.write_bytes(b"b1\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"a1", b"b1"]
+    t.close()

@@ -284,7 +284,14 @@ class StreamIngest:
                 Batch(chunk, [], [], None, caught_up=False, file_size=self._tailer.file_size())
             )
         log.info("stream opened", path=str(self.path), stream_id=self.stream_id, how=decision)
+        self._warn_of_loss()
         return decision
+
+    def _warn_of_loss(self) -> None:
+        """Log at warning level why the tailer's last open may have lost lines, if it may."""
+        warning = self._tailer.take_warning()
+        if warning is not None:
+            log.warning(warning, path=str(self.path), stream_id=self.stream_id)
 
     async def _resync(self) -> None:
         """Rewind the tailer to what the database has committed (after any failure)."""
@@ -307,6 +314,7 @@ class StreamIngest:
                 self._tailer.open(None, from_end=False)
             else:
                 self._tailer.rewind(position)
+                self._warn_of_loss()  # a rewind to a file it no longer holds opens it again
             self._settled = self._tailer.position
             return
 

@@ -438,6 +438,7 @@ class Tailer:
         self.rotate_grace = rotate_grace
         self.last_error: str | None = None
         """Last transient error while polling (e.g. the new file not yet readable)."""
+        self._warning: str | None = None  # see take_warning
         self._cur: _File | None = None
         self._prev: _File | None = None  # file before the last switch, kept for rewind
         self._next: _File | None = None  # file to switch to after a rewind into _prev
@@ -463,8 +464,10 @@ class Tailer:
         ``"waiting for file"``.  The first chunk's ``start`` is ``checkpoint`` when given.
         A missing file (or directory) is waited for; other errors opening the path (e.g.
         ``PermissionError``, a symlink loop, a directory that is a file) are raised.
+        When lines may have been lost, ``take_warning`` says why.
         """
         self.close()
+        self._warning = None
         if checkpoint is None:
             f = _open_file(self.path)
             if f is None:
@@ -494,6 +497,12 @@ class Tailer:
             if verdict == "ok":
                 f.seek(checkpoint.offset)
                 return "resumed"
+            how = "truncated" if verdict == "truncated" else "rewritten in place"
+            self._warning = (
+                f"{self.path} was {how} since the checkpoint (offset {checkpoint.offset}): "
+                "lines written after the checkpoint and before that may be lost; reading it "
+                "from 0"
+            )
             return "truncated" if verdict == "truncated" else _REPLACED
         old = self._find_rotated(checkpoint)
         if old is not None:
@@ -505,10 +514,25 @@ class Tailer:
             self._cur = old
             self._chain = self._successors(old, {f.ident} if f is not None else set())
             return f"resumed from rotated file {old.name}"
+        then = "the file at the path" if f is not None else "the path once it appears"
+        self._warning = (
+            f"checkpoint file of {self.path} not found (looked for inode {checkpoint.inode} "
+            f"in {self.path.parent}): lines between the checkpoint (offset "
+            f"{checkpoint.offset}) and the rotation may be lost; reading {then} from 0"
+        )
         if f is None:
             return "waiting for file"
         self._cur = f
         return _REPLACED
+
+    def take_warning(self) -> str | None:
+        """Return (once) why the last ``open`` may have lost lines; None if it did not.
+
+        Set when the checkpoint's lines could not all be found again: its file truncated,
+        rewritten or gone. The caller logs it at warning level.
+        """
+        warning, self._warning = self._warning, None
+        return warning
 
     def _find_rotated(self, cp: Position) -> _File | None:
         """Find the checkpoint's file by dev+inode+fingerprint in the path's directory."""

@@ -29,6 +29,13 @@ def events(daemon: DaemonProcess) -> list[dict[str, Any]]:
     return out
 
 
+def loss_warnings(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """Return the daemon's warnings that lines may have been lost."""
+    return [
+        e for e in events(daemon) if e.get("level") == "warning" and "may be lost" in e["event"]
+    ]
+
+
 def overwrite_in_place(path: Path, data: bytes) -> None:
     """Rewrite ``path`` from offset 0 without changing its inode (nor, here, its size)."""
     fd = os.open(path, os.O_WRONLY)
@@ -94,6 +101,7 @@ def test_file_replaced_by_different_file_of_same_size(db_dsn: str, tmp_path: Pat
         assert daemon.stop() == 0
     # 3. Rewritten in place while stopped (same inode, same size as the checkpoint's file).
     append(path, gens[3].make(0))
+    checkpoint = path.stat().st_size  # everything was read before the stop
     data = gens[3].make(n + 10)
     assert len(data) == path.stat().st_size
     overwrite_in_place(path, data)
@@ -102,6 +110,10 @@ def test_file_replaced_by_different_file_of_same_size(db_dsn: str, tmp_path: Pat
         assert daemon.stop() == 0
         how = [e["how"] for e in events(daemon) if e.get("event") == "stream opened"]
         assert how == ["checkpoint file replaced: starting at 0"]
+        assert [e["event"] for e in loss_warnings(daemon)] == [
+            f"{path} was rewritten in place since the checkpoint (offset {checkpoint}): "
+            "lines written after the checkpoint and before that may be lost; reading it from 0"
+        ]
     valid, invalid = total()
     c = assert_exact(db_dsn, valid, invalid)
     record(
@@ -141,6 +153,8 @@ def test_file_that_shrinks(db_dsn: str, tmp_path: Path) -> None:
         assert daemon.stop() == 0
         how = [e["how"] for e in events(daemon) if e.get("event") == "stream opened"]
         assert how == ["truncated"]
+        (warning,) = loss_warnings(daemon)
+        assert warning["event"].startswith(f"{path} was truncated since the checkpoint"), warning
     c = assert_exact(db_dsn, lines.valid, lines.invalid)
     elapsed = time.monotonic() - started
     record("file that shrinks (x2 running, x1 stopped)", lines.written, c, elapsed)

@@ -315,6 +315,7 @@ async def test_resume_from_checkpoint(tmp_path: Path) -> None:
     append(p, b"a4\n")
     t2 = make(p)
     assert t2.open(cp) == "resumed"
+    assert t2.take_warning() is None
     chunks = drain(t2)
     assert lines_of(chunks) == [b"a4"]
     assert chunks[0].start == cp
@@ -349,6 +350,11 @@ async def test_open_checkpoint_on_truncated_file_starts_at_zero(tmp_path: Path) 
     append(p, b"b1\n")
     t2 = make(p)
     assert t2.open(cp) == "truncated"
+    warning = t2.take_warning()
+    assert warning is not None
+    assert f"{p} was truncated since the checkpoint (offset 9)" in warning
+    assert "may be lost" in warning
+    assert t2.take_warning() is None  # said once
     assert lines_of(drain(t2)) == [b"b1"]
     t2.close()
 
@@ -364,9 +370,31 @@ async def test_open_checkpoint_on_replaced_file_starts_at_zero(tmp_path: Path) -
     p.write_bytes(b"other content, longer than before\n")  # even a reused inode differs
     t2 = make(p)
     assert t2.open(cp) == "checkpoint file replaced: starting at 0"
+    warning = t2.take_warning()
+    assert warning is not None
+    # The new file may reuse the inode (then it was "rewritten in place").
+    assert "(offset 6)" in warning
+    assert "may be lost" in warning
     chunks = drain(t2)
     assert lines_of(chunks) == [b"other content, longer than before"]
     assert chunks[0].start == cp
+    t2.close()
+
+
+async def test_open_checkpoint_on_deleted_file_warns_and_waits(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t1 = make(p)
+    t1.open(None)
+    cp = drain(t1)[-1].end
+    t1.close()
+    os.unlink(p)
+    t2 = make(p)
+    assert t2.open(cp) == "waiting for file"
+    warning = t2.take_warning()
+    assert warning is not None
+    assert f"not found (looked for inode {cp.inode} in {tmp_path})" in warning
+    assert "lines between the checkpoint (offset 3) and the rotation may be lost" in warning
     t2.close()
 
 

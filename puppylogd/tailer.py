@@ -30,12 +30,15 @@ Decisions:
   simply followed on (a writer may still be appending to the deleted file); it is kept
   open until a new file appears at the path.
 * Rotations while stopped: when the checkpoint's file has been renamed (found by inode and
-  fingerprint in the path's directory), it is drained from the checkpoint, then the rotated
-  siblings written after it (``<name>.<suffix>``, the suffix starting with a digit,
-  regular, not ``.gz``/``.bz2``/``.xz``/``.zst``, newer mtime; a smaller counter when both
-  suffixes are counters), oldest first, each from offset 0, and then the file at the path:
-  after two rotations the checkpoint's file is ``access.log.2`` and ``access.log.1`` is
-  read too.  A file read to its end since ``open`` is never read again that way.
+  fingerprint in the path's directory, and for a symlink in its target's too), it is
+  drained from the checkpoint, then the rotated siblings written after it
+  (``<name>.<suffix>`` or logrotate's ``dateext`` ``<name>-<suffix>``, the suffix starting
+  with a digit, regular, not ``.gz``/``.bz2``/``.xz``/``.zst``, newer mtime; a smaller
+  counter when both suffixes are counters), oldest first, each from offset 0, and then the
+  file at the path: after two rotations the checkpoint's file is ``access.log.2`` and
+  ``access.log.1`` is read too.  A file read to its end since ``open`` is never read again
+  that way.  A checkpoint's file since compressed (recognised by its decompressed first
+  bytes) cannot be read: ``take_warning`` says so, and the files rotated after it are read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, restarts it at offset 0 (event ``"truncated"``).
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
@@ -48,12 +51,18 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import bz2
 import collections
 import contextlib
+import gzip
 import hashlib
+import io
+import lzma
 import os
 import stat
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +90,12 @@ _REPLACED = "checkpoint file replaced: starting at 0"
 
 # Rotated siblings with these endings are compressed copies, never read.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+# Those the standard library can open, to recognise the checkpoint's file once compressed.
+_DECOMPRESSORS: dict[str, Callable[[str], io.BufferedIOBase]] = {
+    ".gz": gzip.GzipFile,
+    ".bz2": bz2.BZ2File,
+    ".xz": lzma.LZMAFile,
+}
 _COUNTER_DIGITS = 4  # longest suffix read as a rotation counter (access.log.1 .. .9999)
 _FINISHED_KEPT = 64  # files remembered as read to their end (see Tailer._finished)
 
@@ -384,6 +399,26 @@ def _rotated_after(suffix: str, mtime: int, ref_suffix: str | None, ref_mtime: i
     return mtime > ref_mtime
 
 
+def _mtime(f: _File) -> int:
+    """Return the modification time of open file ``f`` in nanoseconds."""
+    return os.fstat(f.fd).st_mtime_ns
+
+
+def _compressed_head(path: str, size: int) -> bytes | None:
+    """Return the first ``size`` bytes of compressed file ``path``; None if unreadable.
+
+    ``.zst`` has no decompressor in the standard library: None.
+    """
+    opener = next((o for end, o in _DECOMPRESSORS.items() if path.endswith(end)), None)
+    if opener is None:
+        return None
+    try:
+        with opener(path) as fh:
+            return fh.read(size)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        return None
+
+
 def _check_against(f: _File, cp: Position) -> str:
     """Return "ok", "truncated" or "replaced" for checkpoint ``cp`` on the same inode ``f``."""
     size = os.fstat(f.fd).st_size
@@ -460,8 +495,9 @@ class Tailer:
 
         Decisions: ``"resumed"``, ``"resumed from rotated file NAME"`` (the checkpoint's
         file was renamed in the same directory: it is drained first), ``"truncated"``,
-        ``"checkpoint file replaced: starting at 0"``, ``"new file"``, ``"from end"``,
-        ``"waiting for file"``.  The first chunk's ``start`` is ``checkpoint`` when given.
+        ``"checkpoint file replaced: starting at 0"``, ``"checkpoint file compressed away
+        (NAME): starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``.
+        The first chunk's ``start`` is ``checkpoint`` when given.
         A missing file (or directory) is waited for; other errors opening the path (e.g.
         ``PermissionError``, a symlink loop, a directory that is a file) are raised.
         When lines may have been lost, ``take_warning`` says why.
@@ -512,13 +548,35 @@ class Tailer:
                 f.close()
             old.seek(checkpoint.offset)
             self._cur = old
-            self._chain = self._successors(old, {f.ident} if f is not None else set())
+            self._chain = self._successors(
+                old.ident, _mtime(old), {f.ident} if f is not None else set()
+            )
             return f"resumed from rotated file {old.name}"
+        packed = self._find_compressed(checkpoint)
+        if packed is not None:
+            name, ident, mtime = packed
+            chain = self._successors(ident, mtime, {f.ident} if f is not None else set())
+            self._warning = (
+                f"checkpoint file of {self.path} was compressed to {name}, which cannot be "
+                f"read: its lines after the checkpoint (offset {checkpoint.offset}) may be "
+                "lost; reading the files rotated after it and the path from 0"
+            )
+            if chain:
+                if f is not None:
+                    f.close()
+                self._cur = chain.pop(0)
+                self._chain = chain
+            elif f is None:
+                return "waiting for file"
+            else:
+                self._cur = f
+            return f"checkpoint file compressed away ({name}): starting at 0"
         then = "the file at the path" if f is not None else "the path once it appears"
+        where = " and ".join(str(directory) for directory, _ in self._locations())
         self._warning = (
             f"checkpoint file of {self.path} not found (looked for inode {checkpoint.inode} "
-            f"in {self.path.parent}): lines between the checkpoint (offset "
-            f"{checkpoint.offset}) and the rotation may be lost; reading {then} from 0"
+            f"in {where}): lines between the checkpoint (offset {checkpoint.offset}) and "
+            f"the rotation may be lost; reading {then} from 0"
         )
         if f is None:
             return "waiting for file"
@@ -534,64 +592,117 @@ class Tailer:
         warning, self._warning = self._warning, None
         return warning
 
-    def _find_rotated(self, cp: Position) -> _File | None:
-        """Find the checkpoint's file by dev+inode+fingerprint in the path's directory."""
-        try:
-            it = os.scandir(self.path.parent)
-        except OSError:
-            return None
-        with it:
-            for entry in it:
-                try:
-                    if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
+    def _locations(self) -> list[tuple[Path, str]]:
+        """Return the (directory, file name) pairs next to which rotated files are looked for.
+
+        The path's own, and for a symlink its target's too: logrotate renames the target in
+        the target's directory, while a scheme that points the link at a new file each day
+        leaves the old files next to the link.
+        """
+        places = [(self.path.parent, self.path.name)]
+        real = Path(os.path.realpath(self.path))
+        if (real.parent, real.name) != places[0]:
+            places.append((real.parent, real.name))
+        return places
+
+    def _siblings(self) -> list[tuple[str, str, os.stat_result]]:
+        """Return ``(suffix, path, lstat)`` of every entry named like a rotated path.
+
+        That is ``<name>.<suffix>`` (``access.log.1``, ``access.log.20261128``) or
+        ``<name>-<suffix>`` (logrotate's ``dateext``: ``access.log-20261128``), compressed
+        or not, in each of ``_locations``; each file once.
+        """
+        found: list[tuple[str, str, os.stat_result]] = []
+        seen: set[tuple[int, int]] = set()
+        for directory, name in self._locations():
+            try:
+                it = os.scandir(directory)
+            except OSError:
+                continue
+            with it:
+                for entry in it:
+                    entry_name = entry.name
+                    if (
+                        len(entry_name) <= len(name) + 1
+                        or not entry_name.startswith(name)
+                        or entry_name[len(name)] not in ".-"
+                    ):
                         continue
-                except OSError:
-                    continue
-                f = _open_file(Path(entry.path))
-                if f is None:
-                    continue
-                if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
-                    return f
-                f.close()
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        found.append((entry_name[len(name) + 1 :], entry.path, st))
+        return found
+
+    def _find_rotated(self, cp: Position) -> _File | None:
+        """Find the checkpoint's file by dev+inode+fingerprint next to the path (any name)."""
+        for directory, _ in self._locations():
+            try:
+                it = os.scandir(directory)
+            except OSError:
+                continue
+            with it:
+                for entry in it:
+                    try:
+                        if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
+                            continue
+                        f = _open_file(Path(entry.path))
+                    except OSError:
+                        continue
+                    if f is None:
+                        continue
+                    if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
+                        return f
+                    f.close()
         return None
 
-    def _successors(self, ref: _File, exclude: set[tuple[int, int]]) -> list[_File]:
-        """Open the rotated siblings written after ``ref``, oldest first.
+    def _find_compressed(self, cp: Position) -> tuple[str, tuple[int, int], int] | None:
+        """Find the checkpoint's file among the compressed rotated files, by fingerprint.
 
-        A sibling is a regular, uncompressed file named ``<path name>.<suffix>`` in the
-        path's directory, the suffix starting with a digit (a counter or a date), other than
-        ``ref``, the files in ``exclude`` (the file at the path)
-        and the files already read to their end since ``open``, rotated after ``ref``
-        (``_rotated_after``; ``ref``'s suffix is its current name, found by inode). With two
-        rotations before ``ref`` is finished (a restart, or a reader behind the writer),
-        ``ref`` is ``access.log.2`` and ``access.log.1`` still holds lines never read.
+        Returns its name, identity and mtime. Only a warning can come of it: the lines after
+        the checkpoint are in the compressed file, which is never read.
         """
-        try:
-            ref_mtime = os.fstat(ref.fd).st_mtime_ns
-            it = os.scandir(self.path.parent)
-        except OSError:
-            return []
-        prefix = self.path.name + "."
+        if cp.fp_len == 0:
+            return None  # an empty fingerprint would match any file
+        for _, path, st in self._siblings():
+            if stat.S_ISREG(st.st_mode) and path.endswith(_COMPRESSED):
+                head = _compressed_head(path, cp.fp_len)
+                if head is not None and len(head) == cp.fp_len and _sha256(head) == cp.fingerprint:
+                    return os.path.basename(path), (st.st_dev, st.st_ino), st.st_mtime_ns
+
+        return None
+
+    def _successors(
+        self, ref: tuple[int, int], ref_mtime: int, exclude: set[tuple[int, int]]
+    ) -> list[_File]:
+        """Open the rotated siblings written after file ``ref``, oldest first.
+
+        A sibling is a regular, uncompressed file named like a rotated path (``_siblings``),
+        the suffix starting with a digit (a counter or a date), other than ``ref``, the
+        files in ``exclude`` (the file at the path) and the files already read to their end
+        since ``open``, rotated after ``ref`` (``_rotated_after``; ``ref``'s suffix is its
+        current name, found by inode; ``ref_mtime`` is its mtime). With two rotations before
+        ``ref`` is finished (a restart, or a reader behind the writer), ``ref`` is
+        ``access.log.2`` and ``access.log.1`` still holds lines never read.
+        """
         ref_suffix: str | None = None
         entries: list[tuple[int, str, str]] = []  # (mtime, suffix, path)
-        with it:
-            for entry in it:
-                name = entry.name
-                if not name.startswith(prefix) or name.endswith(_COMPRESSED):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) == ref.ident:
-                    ref_suffix = name[len(prefix) :]
-                elif (
-                    # A rotation suffix is a counter or a date; not ".bak", ".swp", ...
-                    name[len(prefix) : len(prefix) + 1].isdigit()
-                    and stat.S_ISREG(st.st_mode)
-                    and (st.st_dev, st.st_ino) not in exclude
-                ):
-                    entries.append((st.st_mtime_ns, name[len(prefix) :], entry.path))
+        for suffix, path, st in self._siblings():
+            if (st.st_dev, st.st_ino) == ref:
+                ref_suffix = suffix
+                for ending in _COMPRESSED:
+                    ref_suffix = ref_suffix.removesuffix(ending)
+            elif (
+                # A rotation suffix is a counter or a date; not ".bak", ".swp", ...
+                suffix[:1].isdigit()
+                and not path.endswith(_COMPRESSED)
+                and stat.S_ISREG(st.st_mode)
+                and (st.st_dev, st.st_ino) not in exclude
+            ):
+                entries.append((st.st_mtime_ns, suffix, path))
         found: list[tuple[int, str, _File]] = []
         for mtime, suffix, path in entries:
             if not _rotated_after(suffix, mtime, ref_suffix, ref_mtime):
@@ -602,7 +713,7 @@ class Tailer:
                 continue
             if f is None:
                 continue
-            if f.ident in exclude or f.ident == ref.ident or self._was_read(f):
+            if f.ident in exclude or f.ident == ref or self._was_read(f):
                 f.close()
                 continue
             found.append((mtime, suffix, f))
@@ -864,7 +975,7 @@ class Tailer:
             f.switch_event = "rotated" if st.st_nlink > 0 else "replaced"
             # A reader behind the writer (a backlog, a slow catch-up) may see the path
             # rotate more than once while in ``f``: the files rotated in between come first.
-            chain = self._successors(f, {target.ident})
+            chain = self._successors(f.ident, st.st_mtime_ns, {target.ident})
             if chain:
                 target.close()  # opened again once the chain is read
                 target = chain.pop(0)

@@ -9,7 +9,9 @@ the path.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
+import shutil
 import time
 from pathlib import Path
 
@@ -278,4 +280,87 @@ def test_live_rotation_reads_no_backup_or_editor_file(tmp_path: Path) -> None:
     p.write_bytes(b"b1\n")
     chunks += drain(t)
     assert lines_of(chunks) == [b"a1", b"b1"]
+    t.close()
+
+
+def rotate_dateext(p: Path, day: int, *, compress: bool = False) -> Path:
+    """Rotate like logrotate ``dateext``: path -> ``access.log-202611DD`` (gzipped if asked)."""
+    rotated = p.with_name(f"{p.name}-202611{day:02d}")
+    p.rename(rotated)
+    if compress:
+        with rotated.open("rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        rotated.unlink()
+        rotated = rotated.with_name(rotated.name + ".gz")
+    time.sleep(0.01)
+    return rotated
+
+
+def test_dateext_rotations_while_stopped_read_every_file(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    (tmp_path / "access.log-20261101").write_bytes(b"an older rotation\n")
+    time.sleep(0.01)
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    rotate_dateext(p, 26)
+    p.write_bytes(b"b1\n")
+    rotate_dateext(p, 27)
+    p.write_bytes(b"c1\n")
+    rotate_dateext(p, 28)
+    p.write_bytes(b"d1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log-20261126"
+    assert t.take_warning() is None
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a2", b"b1", b"c1", b"d1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_dateext_checkpoint_file_compressed_away_warns_and_reads_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's file was gzipped (delaycompress): say so, read the newer files."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2 lost: only in the compressed file\n")
+    gone = rotate_dateext(p, 26, compress=True)
+    p.write_bytes(b"b1\n")
+    rotate_dateext(p, 27)
+    p.write_bytes(b"c1\n")
+    t = make(p)
+    how = t.open(cp)
+    assert how == f"checkpoint file compressed away ({gone.name}): starting at 0"
+    warning = t.take_warning()
+    assert warning is not None
+    assert gone.name in warning
+    assert "may be lost" in warning
+    assert lines_of(drain(t)) == [b"b1", b"c1"]
+    t.close()
+
+
+def test_symlinked_path_looks_for_rotated_files_next_to_the_target(tmp_path: Path) -> None:
+    """The path is a symlink into another directory, where the log is rotated."""
+    logs = tmp_path / "data"
+    logs.mkdir()
+    target = logs / "access.log"
+    link = tmp_path / "link" / "access.log"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    target.write_bytes(b"a1\n")
+    t = make(link)
+    t.open(None)
+    cp = drain(t)[-1].end
+    t.close()
+    time.sleep(0.01)
+    append(target, b"a2\n")  # appended while stopped
+    rotate(target)
+    target.write_bytes(b"b1\n")
+    rotate(target)
+    target.write_bytes(b"c1\n")
+    t = make(link)
+    assert t.open(cp) == "resumed from rotated file access.log.2"
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a2", b"b1", b"c1"]
+    assert_contiguous(chunks)
     t.close()

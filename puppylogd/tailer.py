@@ -40,7 +40,11 @@ Decisions:
   that way.  A checkpoint's file since compressed (recognised by its decompressed first
   bytes) cannot be read: ``take_warning`` says so, and the files rotated after it are read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
-  changing, restarts it at offset 0 (event ``"truncated"``).
+  changing, restarts it at offset 0 (event ``"truncated"``).  Found so at ``open``, the
+  lines after the checkpoint are looked for in a copy among the rotated siblings (the
+  checkpoint's first bytes, at least its offset long): it is drained from the checkpoint,
+  then the siblings rotated after it, then the file from 0; with no copy,
+  ``take_warning`` says lines may be lost.
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
   chunk's ``start`` is the last position on the old file, its ``end`` is on the new one.
 * The previous file of a rotation stays open so that a rewind to a position on it can
@@ -494,7 +498,8 @@ class Tailer:
         """Position the tailer at ``checkpoint`` (or a fresh start); return the decision.
 
         Decisions: ``"resumed"``, ``"resumed from rotated file NAME"`` (the checkpoint's
-        file was renamed in the same directory: it is drained first), ``"truncated"``,
+        file was renamed in the same directory: it is drained first), ``"resumed from copy
+        NAME"`` (it was copied and truncated: the copy is drained first), ``"truncated"``,
         ``"checkpoint file replaced: starting at 0"``, ``"checkpoint file compressed away
         (NAME): starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``.
         The first chunk's ``start`` is ``checkpoint`` when given.
@@ -533,11 +538,20 @@ class Tailer:
             if verdict == "ok":
                 f.seek(checkpoint.offset)
                 return "resumed"
+            # copytruncate: the lines after the checkpoint are in a copy next to the file.
+            copy = self._find_copy(checkpoint, f.ident)
+            if copy is not None:
+                f.close()  # opened again, from 0, once the copy is read
+                copy.seek(checkpoint.offset)
+                self._cur = copy
+                self._chain = self._successors(copy.ident, _mtime(copy), {f.ident})
+                return f"resumed from copy {copy.name}"
             how = "truncated" if verdict == "truncated" else "rewritten in place"
+            where = " and ".join(str(directory) for directory, _ in self._locations())
             self._warning = (
-                f"{self.path} was {how} since the checkpoint (offset {checkpoint.offset}): "
-                "lines written after the checkpoint and before that may be lost; reading it "
-                "from 0"
+                f"{self.path} was {how} since the checkpoint (offset {checkpoint.offset}) "
+                f"and no copy of it found in {where}: lines written after the checkpoint "
+                "and before that may be lost; reading it from 0"
             )
             return "truncated" if verdict == "truncated" else _REPLACED
         old = self._find_rotated(checkpoint)
@@ -658,6 +672,38 @@ class Tailer:
                         return f
                     f.close()
         return None
+
+    def _find_copy(self, cp: Position, path_file: tuple[int, int]) -> _File | None:
+        """Find a copy of the checkpoint's file (logrotate ``copytruncate``) among the siblings.
+
+        A copy is a regular, uncompressed rotated sibling other than the file at the path
+        (``path_file``), at least as long as the checkpoint's offset and starting with the
+        bytes the checkpoint's fingerprint records; the earliest such copy is the one taken
+        first after the checkpoint.
+        """
+        found: list[tuple[int, _File]] = []
+        for _, path, st in self._siblings():
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or path.endswith(_COMPRESSED)
+                or (st.st_dev, st.st_ino) == path_file
+                or st.st_size < cp.offset
+            ):
+                continue
+            try:
+                f = _open_file(Path(path))
+            except OSError:
+                continue
+            if f is None:
+                continue
+            if f.ident != path_file and _check_against(f, cp) == "ok":
+                found.append((st.st_mtime_ns, f))
+            else:
+                f.close()
+        found.sort(key=lambda item: item[0])
+        for _, f in found[1:]:
+            f.close()
+        return found[0][1] if found else None
 
     def _find_compressed(self, cp: Position) -> tuple[str, tuple[int, int], int] | None:
         """Find the checkpoint's file among the compressed rotated files, by fingerprint.

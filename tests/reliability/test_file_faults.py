@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,31 @@ def test_two_rotations_while_stopped(db_dsn: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_copytruncate_while_stopped(db_dsn: str, tmp_path: Path) -> None:
+    """The lines between the checkpoint and the copy are read from the copy, then the file."""
+    started = time.monotonic()
+    path = tmp_path / "access.log"
+    lines = Lines(invalid_every=INVALID_EVERY)
+    append(path, lines.make(3000))
+    with start_daemon(db_dsn, path, log_path=tmp_path / "d1.log", **LIVE) as daemon:
+        wait_stored(db_dsn, lines.valid, lines.invalid, 30, [daemon])
+        assert daemon.stop() == 0
+    append(path, lines.make(1000))  # unread, only in the copy once truncated
+    shutil.copyfile(path, tmp_path / "access.log.1")
+    os.truncate(path, 0)
+    append(path, lines.make(5000))  # past the checkpoint again
+    with start_daemon(db_dsn, path, log_path=tmp_path / "d2.log", **LIVE) as daemon:
+        wait_stored(db_dsn, lines.valid, lines.invalid, 30, [daemon])
+        assert daemon.stop() == 0
+        how = [e["how"] for e in events(daemon) if e.get("event") == "stream opened"]
+        assert how == ["resumed from copy access.log.1"]
+        assert not loss_warnings(daemon)
+    c = assert_exact(db_dsn, lines.valid, lines.invalid)
+    record("copytruncate while stopped", lines.written, c, time.monotonic() - started)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_file_replaced_by_different_file_of_same_size(db_dsn: str, tmp_path: Path) -> None:
     """Same size, other content: a new inode, or the same inode rewritten, is read from 0."""
     started = time.monotonic()
@@ -111,8 +137,9 @@ def test_file_replaced_by_different_file_of_same_size(db_dsn: str, tmp_path: Pat
         how = [e["how"] for e in events(daemon) if e.get("event") == "stream opened"]
         assert how == ["checkpoint file replaced: starting at 0"]
         assert [e["event"] for e in loss_warnings(daemon)] == [
-            f"{path} was rewritten in place since the checkpoint (offset {checkpoint}): "
-            "lines written after the checkpoint and before that may be lost; reading it from 0"
+            f"{path} was rewritten in place since the checkpoint (offset {checkpoint}) and no "
+            f"copy of it found in {tmp_path}: lines written after the checkpoint and before "
+            "that may be lost; reading it from 0"
         ]
     valid, invalid = total()
     c = assert_exact(db_dsn, valid, invalid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -363,4 +364,76 @@ def test_symlinked_path_looks_for_rotated_files_next_to_the_target(tmp_path: Pat
     chunks = drain(t)
     assert lines_of(chunks) == [b"a2", b"b1", b"c1"]
     assert_contiguous(chunks)
+    t.close()
+
+
+def copytruncate(p: Path, copy_name: str) -> Path:
+    """Rotate like logrotate ``copytruncate``: copy the file, then empty it in place."""
+    copy = p.with_name(copy_name)
+    shutil.copyfile(p, copy)
+    os.truncate(p, 0)
+    time.sleep(0.01)
+    return copy
+
+
+def test_copytruncate_while_stopped_drains_the_copy_from_the_checkpoint(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\na2\n")
+    append(p, b"a3\na4\n")  # after the checkpoint, before the copy
+    copytruncate(p, "access.log.5")
+    append(p, b"b1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from copy access.log.5"
+    assert t.take_warning() is None
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a3", b"a4", b"b1"]
+    assert chunks[0].start == cp
+    assert_contiguous(chunks)
+    append(p, b"b2\n")
+    assert lines_of(drain(t)) == [b"b2"]
+    t.close()
+
+
+def test_copytruncate_regrown_past_the_checkpoint_while_stopped(tmp_path: Path) -> None:
+    """The truncated file grew past the checkpoint again: still found by its copy."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1 longer than the checkpoint\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from copy access.log.1"
+    assert lines_of(drain(t)) == [b"a2", b"b1 longer than the checkpoint"]
+    t.close()
+
+
+def test_two_copytruncates_while_stopped_read_both_copies(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\n")
+    (tmp_path / "access.log.1").rename(tmp_path / "access.log.2")
+    copytruncate(p, "access.log.1")
+    append(p, b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from copy access.log.2"
+    assert lines_of(drain(t)) == [b"a2", b"b1", b"c1"]
+    t.close()
+
+
+def test_truncated_while_stopped_without_a_copy_warns(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\na2\n")
+    (tmp_path / "access.log.1").write_bytes(b"a1\n")  # same start, shorter: not a copy
+    os.truncate(p, 0)
+    append(p, b"b1\n")
+    t = make(p)
+    assert t.open(cp) == "truncated"
+    warning = t.take_warning()
+    assert warning is not None
+    assert f"{p} was truncated since the checkpoint (offset 6)" in warning
+    assert "may be lost" in warning
+    assert "no copy of it found" in warning
+    assert lines_of(drain(t)) == [b"b1"]
     t.close()

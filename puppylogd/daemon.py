@@ -23,6 +23,7 @@ from puppylogd.logs import RateLimitedReporter, mask_dsn
 from puppylogd.migrations import apply_migrations
 from puppylogd.parser import Rejected
 from puppylogd.systemd import Systemd, get_systemd
+from puppylogd.tailer import NOT_REGULAR, NotRegularFileError
 
 log = structlog.get_logger("puppylogd")
 
@@ -660,6 +661,8 @@ class Daemon:
                 ingests.append(ingest)
                 try:
                     decision = await ingest.register()
+                except NotRegularFileError:
+                    decision = NOT_REGULAR
                 except OSError as exc:
                     if not is_file_error(exc):
                         raise
@@ -667,7 +670,7 @@ class Daemon:
                     log.error("cannot open log file", path=str(path), error=str(exc))
                     missing.append(str(path))
                     continue
-                if decision == "waiting for file":
+                if decision in ("waiting for file", NOT_REGULAR):
                     # A live daemon waits for it; a one-shot run has nothing to read: most
                     # likely a wrong path, which must not pass for an empty log.
                     log.error("no such log file (or not a regular file)", path=str(path))

@@ -24,7 +24,7 @@ from puppylogd import db
 from puppylogd.config import Settings
 from puppylogd.logs import RateLimitedReporter
 from puppylogd.parser import COLUMNS, Parser, RecordRow, Rejected
-from puppylogd.tailer import Chunk, Position, Tailer
+from puppylogd.tailer import NOT_REGULAR, Chunk, NotRegularFileError, Position, Tailer
 
 log = structlog.get_logger("puppylogd.ingest")
 
@@ -253,7 +253,10 @@ class StreamIngest:
         self._terminate_connections()
 
     async def register(self) -> str:
-        """Register the stream, open the tailer at the committed checkpoint; say what happened."""
+        """Register the stream, open the tailer at the committed checkpoint; say what happened.
+
+        Raises ``NotRegularFileError`` (an ``OSError``) when the path is a directory, FIFO...
+        """
         conn = await self._connection()
         key = (self.group_id, self.settings.host, str(self.path))
         try:
@@ -275,6 +278,9 @@ class StreamIngest:
         self._committed = position_from_row(row)
         decision = self._tailer.open(self._committed, from_end=self.settings.from_end)
         self._settled = self._tailer.position
+        if decision == NOT_REGULAR:
+            # An error, retried like an unreadable file, not a file to wait for in silence.
+            raise NotRegularFileError(self.path)
         if self._committed is None and decision == "from end":
             # Make the starting point durable at once: a restart (or a rewind after a failed
             # first batch) must resume here, not skip again what was appended meanwhile.

@@ -73,9 +73,11 @@ from pathlib import Path
 __all__ = [
     "EVENTS",
     "FP_BYTES",
+    "NOT_REGULAR",
     "NO_FILE",
     "TOO_LONG_KEEP",
     "Chunk",
+    "NotRegularFileError",
     "Position",
     "Tailer",
 ]
@@ -91,6 +93,8 @@ EVENTS: tuple[str, ...] = ("rotated", "truncated", "replaced", "appeared")
 _SCAN_BLOCK = 65536  # block size when looking backwards for the last newline (from_end)
 
 _REPLACED = "checkpoint file replaced: starting at 0"
+NOT_REGULAR = "not a regular file"
+"""``Tailer.open``'s decision when the path is a directory, FIFO, socket or device."""
 
 # Rotated siblings with these endings are compressed copies, never read.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -362,6 +366,30 @@ class _File:
             self.fd = -1
 
 
+def _not_regular(path: Path) -> str | None:
+    """Return what ``path`` is when it exists but is not a regular file, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+class NotRegularFileError(OSError):
+    """The log path names a directory, FIFO, socket or device: nothing to follow there."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is not a regular file ({_not_regular(path) or 'any more'})")
+
+
 def _open_file(path: Path) -> _File | None:
     """Open ``path`` read-only; return None if it does not exist or is not a regular file.
 
@@ -501,7 +529,8 @@ class Tailer:
         file was renamed in the same directory: it is drained first), ``"resumed from copy
         NAME"`` (it was copied and truncated: the copy is drained first), ``"truncated"``,
         ``"checkpoint file replaced: starting at 0"``, ``"checkpoint file compressed away
-        (NAME): starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``.
+        (NAME): starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``,
+        ``"not a regular file"`` (a directory, FIFO...: waited for like a missing file).
         The first chunk's ``start`` is ``checkpoint`` when given.
         A missing file (or directory) is waited for; other errors opening the path (e.g.
         ``PermissionError``, a symlink loop, a directory that is a file) are raised.
@@ -509,6 +538,11 @@ class Tailer:
         """
         self.close()
         self._warning = None
+        if _not_regular(self.path):
+            # Like a missing file (the reader waits for a regular one), but the caller must
+            # say so: a daemon told to wait for it would wait unnoticed forever.
+            self._last = checkpoint if checkpoint is not None else NO_FILE
+            return NOT_REGULAR
         if checkpoint is None:
             f = _open_file(self.path)
             if f is None:

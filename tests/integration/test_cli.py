@@ -219,6 +219,21 @@ def test_once_with_a_missing_file_stores_the_others_and_exits_1(
     assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
 
 
+def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """A directory at a log path is what --once already said: not a regular file, exit 1."""
+    present = tmp_path / "access.log"
+    a_dir = tmp_path / "logs"
+    a_dir.mkdir()
+    errors = once_failing(db_dsn, present, a_dir, present)
+    assert [(e["event"], e.get("path")) for e in errors[:1]] == [
+        ("no such log file (or not a regular file)", str(a_dir))
+    ]
+    assert errors[-1]["missing"] == [str(a_dir)]
+    assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
+
+
 def once_failing(db_dsn: str, present: Path, *files: Path) -> list[dict[str, Any]]:
     """Write 5 lines to ``present``, run --once over ``files`` (in order), expect exit 1.
 

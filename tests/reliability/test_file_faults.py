@@ -273,3 +273,41 @@ def test_unreadable_log_directory(db_dsn: str, tmp_path: Path) -> None:
         c,
         time.monotonic() - started,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_log_path_that_is_not_a_regular_file(db_dsn: str, tmp_path: Path) -> None:
+    """A directory or FIFO at the path is an error naming it, retried until repaired."""
+    started = time.monotonic()
+    good = tmp_path / "good.log"
+    a_dir = tmp_path / "dir.log"
+    a_dir.mkdir()
+    a_fifo = tmp_path / "fifo.log"
+    os.mkfifo(a_fifo)
+    g = Lines(invalid_every=INVALID_EVERY, section="good")
+    fixed = Lines(invalid_every=INVALID_EVERY, section="fixed")
+    append(good, g.make(1000))
+    with start_daemon(db_dsn, good, a_dir, a_fifo, log_path=tmp_path / "d.log", **LIVE) as daemon:
+        wait_stored(db_dsn, g.valid, g.invalid, 30, [daemon])
+        errors = {e["path"]: e for e in events(daemon) if e.get("level") == "error"}
+        assert sorted(errors) == sorted([str(a_dir), str(a_fifo)]), errors
+        assert errors[str(a_dir)]["error"] == f"{a_dir} is not a regular file (a directory)"
+        assert errors[str(a_fifo)]["error"] == f"{a_fifo} is not a regular file (a FIFO)"
+        assert not [e for e in events(daemon) if "does not exist" in e.get("event", "")]
+        # Repaired: regular files at both paths; picked up without a restart.
+        a_dir.rmdir()
+        append(a_dir, fixed.make(700))
+        a_fifo.unlink()
+        append(a_fifo, fixed.make(300))
+        valid, invalid = g.valid + fixed.valid, g.invalid + fixed.invalid
+        wait_stored(db_dsn, valid, invalid, 30, [daemon])
+        daemon.assert_running()
+        assert daemon.stop() == 0
+    c = assert_exact(db_dsn, valid, invalid)
+    record(
+        "log path a directory and a FIFO, then repaired",
+        g.written + fixed.written,
+        c,
+        time.monotonic() - started,
+    )

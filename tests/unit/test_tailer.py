@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from puppylogd.tailer import NO_FILE, TOO_LONG_KEEP, Chunk, Tailer
+from puppylogd.tailer import NO_FILE, NOT_REGULAR, TOO_LONG_KEEP, Chunk, NotRegularFileError, Tailer
 
 
 def make(path: Path, *, rotate_grace: float = 0.3, **kwargs: int) -> Tailer:
@@ -396,6 +396,28 @@ async def test_open_checkpoint_on_deleted_file_warns_and_waits(tmp_path: Path) -
     assert f"not found (looked for inode {cp.inode} in {tmp_path})" in warning
     assert "lines between the checkpoint (offset 3) and the rotation may be lost" in warning
     t2.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+async def test_open_path_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Said as such (not "waiting for file"), then followed once a regular file is there."""
+    p = tmp_path / "access.log"
+    if kind == "directory":
+        p.mkdir()
+    else:
+        os.mkfifo(p)
+    t = make(p)
+    assert t.open(None) == NOT_REGULAR
+    assert t.read_available(10) is None
+    if kind == "directory":
+        p.rmdir()
+    else:
+        p.unlink()
+    p.write_bytes(b"a1\n")
+    assert t.open(None) == "new file"
+    assert lines_of(drain(t)) == [b"a1"]
+    t.close()
+    assert str(NotRegularFileError(p)) == f"{p} is not a regular file (any more)"
 
 
 async def test_open_from_end(tmp_path: Path) -> None:

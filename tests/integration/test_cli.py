@@ -230,7 +230,7 @@ def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(
     assert [(e["event"], e.get("path")) for e in errors[:1]] == [
         ("no such log file (or not a regular file)", str(a_dir))
     ]
-    assert errors[-1]["missing"] == [str(a_dir)]
+    assert errors[-1]["unread"] == [str(a_dir)]
     assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
 
 

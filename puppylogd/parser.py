@@ -272,6 +272,10 @@ class Parser:
     def parse(self, line: bytes) -> RecordRow | Rejected:
         """Parse one line; never raises on any input bytes."""
         raw = line
+        if line.startswith(b"\0"):
+            # A crash can leave a run of NUL bytes (blocks allocated, never written) in
+            # front of the next line the writer appends: padding, not part of that line.
+            line = line.lstrip(b"\0") or line
         if line.endswith(b"\r"):
             line = line[:-1]
         bad = _CONTROL_BYTES.search(line)

@@ -546,3 +546,12 @@ def test_stream_id_property() -> None:
 )
 def test_section_of(path: str, section: str) -> None:
     assert section_of(path) == section
+
+
+def test_nul_padding_left_by_a_crash_does_not_cost_the_next_line() -> None:
+    padded = b"\x00" * 4096 + line()
+    assert Parser(7).parse(padded) == Parser(7).parse(line())
+    assert Parser(7).parse_many([padded]) == Parser(7).parse_many([line()])
+    # Only leading padding: a NUL inside a line, or NULs alone, are still rejected.
+    assert parse_rejected(line(request="GET /\x00 HTTP/1.1")).reason == "control bytes"
+    assert parse_rejected(b"\x00" * 16).reason == "control bytes"

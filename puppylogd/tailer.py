@@ -66,7 +66,7 @@ import os
 import stat
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -662,6 +662,25 @@ class Tailer:
         """
         found: list[tuple[str, str, os.stat_result]] = []
         seen: set[tuple[int, int]] = set()
+        for name, entry in self._entries():
+            entry_name = entry.name
+            if (
+                len(entry_name) <= len(name) + 1
+                or not entry_name.startswith(name)
+                or entry_name[len(name)] not in ".-"
+            ):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                found.append((entry_name[len(name) + 1 :], entry.path, st))
+        return found
+
+    def _entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """Yield ``(name, entry)`` for each entry of each of ``_locations`` (unreadable: none)."""
         for directory, name in self._locations():
             try:
                 it = os.scandir(directory)
@@ -669,42 +688,22 @@ class Tailer:
                 continue
             with it:
                 for entry in it:
-                    entry_name = entry.name
-                    if (
-                        len(entry_name) <= len(name) + 1
-                        or not entry_name.startswith(name)
-                        or entry_name[len(name)] not in ".-"
-                    ):
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if (st.st_dev, st.st_ino) not in seen:
-                        seen.add((st.st_dev, st.st_ino))
-                        found.append((entry_name[len(name) + 1 :], entry.path, st))
-        return found
+                    yield name, entry
 
     def _find_rotated(self, cp: Position) -> _File | None:
         """Find the checkpoint's file by dev+inode+fingerprint next to the path (any name)."""
-        for directory, _ in self._locations():
+        for _, entry in self._entries():
             try:
-                it = os.scandir(directory)
+                if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
+                    continue
+                f = _open_file(Path(entry.path))
             except OSError:
                 continue
-            with it:
-                for entry in it:
-                    try:
-                        if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
-                            continue
-                        f = _open_file(Path(entry.path))
-                    except OSError:
-                        continue
-                    if f is None:
-                        continue
-                    if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
-                        return f
-                    f.close()
+            if f is None:
+                continue
+            if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
+                return f
+            f.close()
         return None
 
     def _find_copy(self, cp: Position, path_file: tuple[int, int]) -> _File | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from datetime import datetime
@@ -26,7 +27,15 @@ from puppylog_watch.render import (
 )
 from puppylog_watch.state import AlertEvent, WatchState
 
-__all__ = ["LineSink", "LiveSink", "run_history", "run_watch"]
+__all__ = ["LineSink", "LiveSink", "OutputError", "run_history", "run_watch"]
+
+
+class OutputError(Exception):
+    """Writing the watch's output failed (the reader left, the disk is full): the watch ends.
+
+    Deliberately not an ``OSError``: the listener takes those for a lost database connection
+    and would reconnect forever instead of stopping.
+    """
 
 
 class LineSink:
@@ -40,8 +49,11 @@ class LineSink:
         self._told_no_group = False
 
     def _emit(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except OSError as exc:
+            raise OutputError(str(exc)) from exc
 
     def initial(
         self,
@@ -76,8 +88,11 @@ class LineSink:
             )
 
     def warn(self, message: str) -> None:
-        self.err.write(f"puppylog-watch: {safe(message)}\n")
-        self.err.flush()
+        # A notice that cannot be written has nowhere else to go; the output lines, which
+        # are what the watch is for, still can be.
+        with contextlib.suppress(OSError):
+            self.err.write(f"puppylog-watch: {safe(message)}\n")
+            self.err.flush()
 
     def tick(self) -> None:
         pass
@@ -91,7 +106,10 @@ class LiveSink:
         self.state = state
 
     def _redraw(self) -> None:
-        self.live.refresh()
+        try:
+            self.live.refresh()
+        except OSError as exc:
+            raise OutputError(str(exc)) from exc
 
     def initial(
         self,
@@ -140,7 +158,11 @@ def run_watch(
     err: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Run the watch in ``mode`` ("live", "plain" or "json") until Ctrl-C; return 0."""
+    """Run the watch in ``mode`` ("live", "plain" or "json") until Ctrl-C; return 0.
+
+    Return 1 after one line on stderr when the output cannot be written (0 if the reader of a
+    pipe left).
+    """
     state = WatchState(group=group)
     return asyncio.run(
         watch_async(dsn, state, mode=mode, console=console, out=out, err=err, stop=stop)
@@ -159,23 +181,50 @@ async def watch_async(
 ) -> int:
     """The watch as a coroutine (the demo runs it next to its other tasks)."""
     stop = stop or asyncio.Event()
+    out = out or sys.stdout
+    err = err or sys.stderr
     if mode in ("plain", "json"):
-        sink = LineSink(out or sys.stdout, err or sys.stderr, json_mode=mode == "json")
-        await _run(Listener(dsn, state, sink), stop)
+        sink = LineSink(out, err, json_mode=mode == "json")
+        try:
+            await _run(Listener(dsn, state, sink), stop)
+        except OutputError as exc:
+            return _output_failed(exc.__cause__ or exc, out, err)
         return 0
     console = console or Console()
     view = WatchView(state)
-    with Live(
-        view,
-        console=console,
-        screen=True,
-        auto_refresh=False,
-        redirect_stdout=False,
-        redirect_stderr=False,
-    ) as live:
-        live.refresh()
-        await _run(Listener(dsn, state, LiveSink(live, state)), stop)
+    try:
+        with Live(
+            view,
+            console=console,
+            screen=True,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as live:
+            live.refresh()
+            await _run(Listener(dsn, state, LiveSink(live, state)), stop)
+    except OutputError as exc:
+        return _output_failed(exc.__cause__ or exc, out, err)
+    except OSError as exc:
+        # Leaving the alternate screen writes too; the listener keeps its own errors.
+        return _output_failed(exc, out, err)
     return 0
+
+
+def _output_failed(exc: BaseException, out: TextIO, err: TextIO) -> int:
+    """End the watch whose output failed: quietly (0) when the reader left, else one line (1)."""
+    if out is sys.stdout:
+        # What is still buffered would fail again when Python flushes stdout at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    if isinstance(exc, BrokenPipeError):
+        return 0  # `puppylog-watch --plain | head`: the reader has what it wanted
+    with contextlib.suppress(OSError):
+        err.write(f"puppylog-watch: error: cannot write the output: {exc}\n")
+        err.flush()
+    return 1
 
 
 _HISTORY_SQL = """

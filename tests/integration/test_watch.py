@@ -436,3 +436,54 @@ def test_plain_watch_says_once_that_its_group_does_not_exist(
     assert len(told()) == 1, watch.describe()
     assert watch.proc.poll() is None
     assert watch.text() == []
+
+
+@pytest.mark.parametrize("mode", ["--plain", "--json"])
+def test_a_reader_that_leaves_ends_the_watch_quietly(db_dsn: str, mode: str) -> None:
+    """`puppylog-watch --plain | head -1` exits: a broken pipe is no lost database connection."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "puppylog_watch", mode, "--dsn", db_dsn],
+        env=daemon_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            wait_for(lambda: query_val(db_dsn, LISTENERS_SQL) == 1, 20)
+            assert proc.stdout is not None
+            query_val(db_dsn, "SELECT pg_notify('puppylog_alerts', $1)", alert_payload(1))
+            assert proc.stdout.readline()  # what `head -1` reads before it leaves
+            proc.stdout.close()
+            for i in (3, 5):
+                query_val(db_dsn, "SELECT pg_notify('puppylog_alerts', $1)", alert_payload(i))
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    # The only notice is that the group does not exist yet (pg_notify made no group).
+    assert [line for line in err.decode().splitlines() if "no group" not in line] == []
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(db_dsn: str) -> None:
+    """`puppylog-watch --plain > /dev/full` says why it stops instead of reconnecting forever."""
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "puppylog_watch", "--plain", "--dsn", db_dsn],
+            env=daemon_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    with proc:
+        try:
+            wait_for(lambda: query_val(db_dsn, LISTENERS_SQL) == 1, 20)
+            query_val(db_dsn, "SELECT pg_notify('puppylog_alerts', $1)", alert_payload(1))
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert err.splitlines()[-1] == (
+        "puppylog-watch: error: cannot write the output: [Errno 28] No space left on device"
+    )
+    assert [line for line in err.splitlines()[:-1] if "no group" not in line] == []

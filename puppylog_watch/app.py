@@ -14,7 +14,7 @@ import asyncpg
 from rich.console import Console
 from rich.live import Live
 
-from puppylog_watch.listener import CONNECTION_ERRORS, Listener
+from puppylog_watch.listener import CONNECTION_ERRORS, Listener, WatchFatal
 from puppylog_watch.models import AlertPayload, StatsPayload
 from puppylog_watch.render import (
     WatchView,
@@ -161,7 +161,7 @@ def run_watch(
     """Run the watch in ``mode`` ("live", "plain" or "json") until Ctrl-C; return 0.
 
     Return 1 after one line on stderr when the output cannot be written (0 if the reader of a
-    pipe left).
+    pipe left) or the server refuses the first session (:class:`WatchFatal`).
     """
     state = WatchState(group=group)
     return asyncio.run(
@@ -189,6 +189,8 @@ async def watch_async(
             await _run(Listener(dsn, state, sink), stop)
         except OutputError as exc:
             return _output_failed(exc.__cause__ or exc, out, err)
+        except WatchFatal as exc:
+            return _fatal(exc, err)
         return 0
     console = console or Console()
     view = WatchView(state)
@@ -208,7 +210,16 @@ async def watch_async(
     except OSError as exc:
         # Leaving the alternate screen writes too; the listener keeps its own errors.
         return _output_failed(exc, out, err)
+    except WatchFatal as exc:
+        return _fatal(exc, err)  # said after the screen is restored, so that it stays
     return 0
+
+
+def _fatal(exc: WatchFatal, err: TextIO) -> int:
+    with contextlib.suppress(OSError):
+        err.write(f"puppylog-watch: error: {safe(str(exc))}\n")
+        err.flush()
+    return 1
 
 
 def _output_failed(exc: BaseException, out: TextIO, err: TextIO) -> int:

@@ -6,7 +6,13 @@ that queued up meanwhile (duplicates are dropped by bucket time and ``(alert_id,
 On a reconnect every alert event newer than the last one seen is replayed, so no alert or
 recovery is ever missed. A liveness probe (streams query with a timeout, every
 ``probe_interval`` seconds) detects a silently dead connection; reconnects back off up to
-``max_backoff`` seconds.
+``max_backoff`` seconds, also after a session that failed soon after it connected.
+
+Until the first session is live, a server that answers with a refusal (no such database or
+role, a wrong password, ``pg_hba.conf``) or with an error while the session is set up (no
+puppylog schema, no right to read it) ends the watch with :class:`WatchFatal`: retrying cannot
+help until a setting is fixed. Once the watch has been live, the same answers are taken as
+passing (a role locked out for a while, a database being restored) and waited for.
 """
 
 from __future__ import annotations
@@ -29,14 +35,23 @@ from puppylog_watch.models import (
     parse_payload,
 )
 from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
-from puppylogd.db import DB_ERRORS
+from puppylogd import db
+from puppylogd.logs import mask_dsn
 
-__all__ = ["CHANNELS", "Listener", "Sink"]
+__all__ = ["CHANNELS", "Listener", "Sink", "WatchFatal"]
 
 CHANNELS = ("puppylog_stats", "puppylog_alerts")
 
-# What a lost, refused or broken connection can raise: reconnect, never crash.
-CONNECTION_ERRORS = DB_ERRORS
+# Anything a database round trip can raise (``--history`` reports them all the same way).
+CONNECTION_ERRORS = db.DB_ERRORS
+# What an unreachable server or a lost connection raises: wait and reconnect. Every other
+# PostgresError is the server's answer to what was asked.
+_LOST_ERRORS = db.CONNECTION_ERRORS
+
+
+class WatchFatal(Exception):
+    """The server answered with an error that retrying cannot fix; the watch ends (exit 1)."""
+
 
 _GROUP_SQL = """
 SELECT id, threshold, window_s, alert_state FROM puppylog.log_groups WHERE name = $1
@@ -123,6 +138,7 @@ class Listener:
         connect_timeout: float = 10.0,
         min_backoff: float = 0.5,
         max_backoff: float = 10.0,
+        stable_after: float = 10.0,
         on_first_connect: Callable[[], None] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -133,17 +149,24 @@ class Listener:
         self.connect_timeout = connect_timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.stable_after = stable_after
         self._first = True
+        self._user = ""
         self._group_id: int | None = None
         self._on_first_connect = on_first_connect
         self.connects = 0
+        self.attempts = 0
 
     # -- main loop -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; reconnect with capped backoff on any connection loss."""
+        """Run until ``stop`` is set; reconnect with capped backoff on any connection loss.
+
+        Raise :class:`WatchFatal` if the server refuses the first session (see the module).
+        """
         delay = self.min_backoff
         while not stop.is_set():
+            self.attempts += 1
             try:
                 conn = await asyncpg.connect(
                     self.dsn,
@@ -151,18 +174,64 @@ class Listener:
                     command_timeout=None,
                     server_settings={"application_name": "puppylog-watch"},
                 )
-            except CONNECTION_ERRORS as exc:
+            except _LOST_ERRORS as exc:
                 self._set_status(False, f"database unreachable: {_short(exc)}; retry in {delay:g}s")
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
-            delay = self.min_backoff
+            except asyncpg.PostgresError as exc:
+                if not self.connects:
+                    raise WatchFatal(
+                        f"cannot connect to {mask_dsn(self.dsn)}: {exc} "
+                        "(check --dsn / PUPPYLOG_DSN)"
+                    ) from exc
+                self._set_status(
+                    False, f"database refused the connection: {_short(exc)}; retry in {delay:g}s"
+                )
+                await _sleep(stop, delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            started = time.monotonic()
             try:
                 await self._session(conn, stop)
-            except CONNECTION_ERRORS as exc:
+            except _LOST_ERRORS as exc:
                 self._set_status(False, f"connection lost: {_short(exc)}; reconnecting")
+            except asyncpg.PostgresError as exc:
+                if not self.connects:
+                    raise WatchFatal(await self._explain(conn, exc)) from exc
+                self._set_status(False, f"database error: {_short(exc)}; reconnecting")
             finally:
                 conn.terminate()
+            if time.monotonic() - started >= self.stable_after:
+                delay = self.min_backoff
+            else:
+                # A session that fails soon after it connected would otherwise reconnect in
+                # a tight loop (a privilege revoked, a table dropped).
+                await _sleep(stop, delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    async def _explain(self, conn: asyncpg.Connection, exc: asyncpg.PostgresError) -> str:
+        """Return one line saying why setting up a session failed, with the likely fix."""
+        user = self._user or "this role"
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return (
+                f"role {user} may not read schema puppylog ({exc}): GRANT puppylog_reader TO {user}"
+            )
+        if isinstance(exc, asyncpg.InvalidSchemaNameError | asyncpg.UndefinedTableError):
+            has_schema = None
+            with contextlib.suppress(*db.DB_ERRORS):
+                has_schema = await conn.fetchval("SELECT to_regnamespace('puppylog') IS NOT NULL")
+            if not has_schema:
+                return (
+                    "the database has no puppylog schema: run puppylogd (or `puppylogd "
+                    "migrate`) against it first"
+                )
+        if isinstance(exc, asyncpg.SyntaxOrAccessError):
+            return (
+                f"the puppylog schema is not what this version reads ({exc}): run "
+                "`puppylogd migrate` with this version, or use the matching puppylog-watch"
+            )
+        return f"cannot read the puppylog tables: {exc}"
 
     def _set_status(self, connected: bool, text: str) -> None:
         changed = connected != self.state.connected or text != self.state.status
@@ -178,6 +247,7 @@ class Listener:
             c.queue.put_nowait((channel, str(payload)))
 
         conn.add_termination_listener(lambda _c: c.lost.set())
+        self._user = str(await conn.fetchval("SELECT current_user"))
         for channel in CHANNELS:
             await conn.add_listener(channel, on_notify)
         await self._load(conn)

@@ -1,0 +1,122 @@
+"""puppylog-watch against databases that answer but refuse, and servers that never answer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from puppylog_watch.app import LineSink
+from puppylog_watch.listener import Listener
+from puppylog_watch.state import WatchState
+from tests import pg
+from tests.integration.helpers import daemon_env, query_val
+from tests.integration.test_watch import with_user
+from tests.pg import run_async
+
+
+def watch(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``puppylog-watch`` to its end (it must end by itself)."""
+    return subprocess.run(
+        [sys.executable, "-m", "puppylog_watch", *args],
+        env=daemon_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(db_dsn: str) -> None:
+    """No such role or database: said once, password masked, instead of retried forever."""
+    no_role = watch("--plain", "--dsn", with_user(db_dsn, "nosuchrole:s3cret"))
+    assert no_role.returncode == 1, no_role
+    assert len(no_role.stderr.splitlines()) == 1, no_role.stderr
+    assert no_role.stderr.startswith("puppylog-watch: error: cannot connect to postgresql://")
+    assert '"nosuchrole" does not exist' in no_role.stderr
+    assert "s3cret" not in no_role.stderr and "nosuchrole:***@" in no_role.stderr
+    no_db = watch("--json", "--dsn", pg.with_database(db_dsn, "nosuchdb"))
+    assert no_db.returncode == 1, no_db
+    assert len(no_db.stderr.splitlines()) == 1 and '"nosuchdb" does not exist' in no_db.stderr
+
+
+def test_a_role_without_rights_is_told_what_to_grant(
+    db_dsn: str, unique_name: Callable[[str], str]
+) -> None:
+    role = unique_name("nobody")
+    query_val(db_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        out = watch("--plain", "--dsn", with_user(db_dsn, role))
+    finally:
+        query_val(db_dsn, f"DROP ROLE {role}")
+    assert out.returncode == 1, out
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"puppylog-watch: error: role {role} may not read schema ")
+    assert out.stderr.endswith(f": GRANT puppylog_reader TO {role}\n")
+
+
+def test_a_database_without_the_schema_says_to_migrate(
+    pg_server: pg.PgServer, unique_name: Callable[[str], str]
+) -> None:
+    name = unique_name("bare")
+    run_async(lambda: pg.create_database(pg_server.admin_dsn, name))
+    try:
+        out = watch("--plain", "--dsn", pg_server.dsn(name))
+    finally:
+        run_async(lambda: pg.drop_database(pg_server.admin_dsn, name))
+    assert out.returncode == 1, out
+    assert out.stderr == (
+        "puppylog-watch: error: the database has no puppylog schema: run puppylogd (or "
+        "`puppylogd migrate`) against it first\n"
+    )
+
+
+def test_a_session_failing_after_the_watch_was_live_is_retried_with_backoff(
+    db_dsn: str, unique_name: Callable[[str], str]
+) -> None:
+    """A right revoked under a running watch: it waits for it, without a tight loop."""
+    role = unique_name("watcher")
+    query_val(db_dsn, f"CREATE ROLE {role} LOGIN IN ROLE puppylog_reader")
+    err = io.StringIO()
+
+    async def go() -> tuple[int, bool]:
+        state = WatchState(group="default")
+        listener = Listener(with_user(db_dsn, role), state, LineSink(io.StringIO(), err))
+        stop = asyncio.Event()
+        task = asyncio.create_task(listener.run(stop))
+        admin = await asyncpg.connect(db_dsn)
+        try:
+            while not state.connected:
+                await asyncio.sleep(0.05)
+            await admin.execute(f"REVOKE puppylog_reader FROM {role}")
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'puppylog-watch'"
+            )
+            before = listener.attempts
+            await asyncio.sleep(3.0)
+            attempts = listener.attempts - before
+            await admin.execute(f"GRANT puppylog_reader TO {role}")
+            deadline = time.monotonic() + 15
+            while not state.connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return attempts, state.connected
+        finally:
+            stop.set()
+            await task
+            await admin.close()
+
+    try:
+        attempts, back = run_async(go)
+    finally:
+        query_val(db_dsn, f"DROP ROLE {role}")
+    # 0.5 s, 1 s, 2 s apart: a handful in 3 s, not hundreds.
+    assert 1 <= attempts <= 5, (attempts, err.getvalue())
+    assert back, err.getvalue()
+    assert "permission denied" in err.getvalue()

@@ -26,6 +26,7 @@ from puppylog_watch.render import (
     safe,
 )
 from puppylog_watch.state import AlertEvent, WatchState
+from puppylogd.logs import mask_dsn
 
 __all__ = ["LineSink", "LiveSink", "OutputError", "run_history", "run_watch"]
 
@@ -138,14 +139,25 @@ class LiveSink:
 
 
 async def _run(listener: Listener, stop: asyncio.Event) -> None:
+    """Run ``listener`` until ``stop`` is set (also by Ctrl-C or SIGTERM), then at once."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(listener.run(stop))
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await listener.run(stop)
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopped.cancel()
+        if not task.done():
+            # Whatever the listener awaits must not hold up the stop: a connect to a server
+            # that never answers would wait for its 10 s timeout, then report it.
+            task.cancel()
+            await asyncio.wait({task})
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if not task.cancelled():
+        task.result()  # the listener's own end: WatchFatal, OutputError
 
 
 def run_watch(
@@ -248,9 +260,14 @@ ORDER BY h.triggered_at
 """
 
 
+HISTORY_CONNECT_TIMEOUT = 10.0
+
+
 async def _fetch_history(dsn: str, group: str, since: datetime | None) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(
-        dsn, timeout=10, server_settings={"application_name": "puppylog-watch"}
+        dsn,
+        timeout=HISTORY_CONNECT_TIMEOUT,
+        server_settings={"application_name": "puppylog-watch"},
     )
     try:
         rows = await conn.fetch(_HISTORY_SQL, group, since)
@@ -260,9 +277,22 @@ async def _fetch_history(dsn: str, group: str, since: datetime | None) -> list[d
 
 
 def run_history(dsn: str, group: str, since: datetime | None, console: Console) -> int:
-    """Print the table of past alerts and return 0 (1 if the database cannot be read)."""
+    """Print the table of past alerts and return 0 (1 if the database cannot be read).
+
+    Ctrl-C before the table is printed ends it quietly with 130, as an interrupted command
+    (the history is incomplete; the live watch, which runs until stopped, exits 0).
+    """
     try:
         rows = asyncio.run(_fetch_history(dsn, group, since))
+    except KeyboardInterrupt:
+        return 130
+    except TimeoutError:
+        print(
+            f"puppylog-watch: cannot read the alert history: timed out after "
+            f"{HISTORY_CONNECT_TIMEOUT:g} s connecting to {mask_dsn(dsn)}",
+            file=sys.stderr,
+        )
+        return 1
     except CONNECTION_ERRORS as exc:
         print(f"puppylog-watch: cannot read the alert history: {exc}", file=sys.stderr)
         return 1

@@ -175,7 +175,12 @@ class Listener:
                     server_settings={"application_name": "puppylog-watch"},
                 )
             except _LOST_ERRORS as exc:
-                self._set_status(False, f"database unreachable: {_short(exc)}; retry in {delay:g}s")
+                reason = (
+                    f"timed out after {self.connect_timeout:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else _short(exc)
+                )
+                self._set_status(False, f"database unreachable: {reason}; retry in {delay:g}s")
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import select
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import asyncpg
 
@@ -120,3 +124,61 @@ def test_a_session_failing_after_the_watch_was_live_is_retried_with_backoff(
     assert 1 <= attempts <= 5, (attempts, err.getvalue())
     assert back, err.getvalue()
     assert "permission denied" in err.getvalue()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[socket.socket]:
+    """Yield a listening socket that accepts TCP (the kernel does) but never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
+        yield server
+
+
+def silent_dsn(server: socket.socket) -> str:
+    return f"postgresql://watcher:s3cret@127.0.0.1:{server.getsockname()[1]}/puppylog"
+
+
+def interrupt_while_connecting(server: socket.socket, *args: str) -> tuple[int, str, float]:
+    """Start the watch, Ctrl-C it once it is connecting; return (status, stderr, seconds)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "puppylog_watch", *args, "--dsn", silent_dsn(server)],
+        env=daemon_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            # Readable once the watch's connection waits in the backlog: it is connecting.
+            assert select.select([server], [], [], 20)[0], "the watch never connected"
+            time.sleep(0.3)  # into the wait for the server's answer
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+            return proc.returncode, err, time.monotonic() - t0
+        finally:
+            proc.kill()
+
+
+def test_ctrl_c_while_connecting_ends_the_watch_at_once_and_quietly() -> None:
+    with silent_server() as server:
+        status, err, took = interrupt_while_connecting(server, "--plain")
+    assert (status, err) == (0, "")
+    assert took < 3
+
+
+def test_ctrl_c_while_history_connects_ends_it_at_once_without_traceback() -> None:
+    with silent_server() as server:
+        status, err, took = interrupt_while_connecting(server, "--history")
+    assert (status, err) == (130, "")
+    assert took < 3
+
+
+def test_history_says_that_connecting_timed_out() -> None:
+    with silent_server() as server:
+        port = server.getsockname()[1]
+        out = watch("--history", "--dsn", silent_dsn(server))
+    assert out.returncode == 1
+    assert out.stderr == (
+        "puppylog-watch: cannot read the alert history: timed out after 10 s connecting to "
+        f"postgresql://watcher:***@127.0.0.1:{port}/puppylog\n"
+    )

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import asyncpg
@@ -48,6 +48,7 @@ class LineSink:
         self.json_mode = json_mode
         self._was_connected: bool | None = None
         self._told_no_group = False
+        self._told_silent = False
 
     def _emit(self, line: str) -> None:
         try:
@@ -95,8 +96,18 @@ class LineSink:
             self.err.write(f"puppylog-watch: {safe(message)}\n")
             self.err.flush()
 
-    def tick(self) -> None:
-        pass
+    def tick(self, state: WatchState) -> None:
+        # Plain output just stops while the daemon is dead: say so, once, and when it is back.
+        silence = state.heartbeat_silence(datetime.now(UTC))
+        if silence is not None and not self._told_silent:
+            self._told_silent = True
+            self.warn(
+                f"no daemon heartbeat for {silence:.0f} s (group {state.group!r}, heartbeat "
+                f"timeout {state.heartbeat_timeout_s} s): is puppylogd running?"
+            )
+        elif silence is None and self._told_silent:
+            self._told_silent = False
+            self.warn("a daemon heartbeats again")
 
 
 class LiveSink:
@@ -134,7 +145,7 @@ class LiveSink:
         self.state.status = message if not self.state.connected else self.state.status
         self._redraw()
 
-    def tick(self) -> None:
+    def tick(self, state: WatchState) -> None:
         self._redraw()
 
 

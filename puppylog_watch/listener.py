@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -54,11 +54,12 @@ class WatchFatal(Exception):
 
 
 _GROUP_SQL = """
-SELECT id, threshold, window_s, alert_state FROM puppylog.log_groups WHERE name = $1
+SELECT id, threshold, window_s, alert_state, heartbeat_timeout_s
+FROM puppylog.log_groups WHERE name = $1
 """
 _STREAMS_SQL = """
 SELECT s.host, s.path, s.file_size - s.byte_offset AS lag, s.heartbeat_at, s.stopped,
-       s.caught_up
+       s.caught_up, now() AS db_now
 FROM puppylog.log_streams s JOIN puppylog.log_groups g ON g.id = s.group_id
 WHERE g.name = $1 ORDER BY s.host, s.path
 """
@@ -113,8 +114,8 @@ class Sink(Protocol):
     def warn(self, message: str) -> None:
         """A skipped payload or similar; never fatal."""
 
-    def tick(self) -> None:
-        """Called about once a second (redraw ages)."""
+    def tick(self, state: WatchState) -> None:
+        """Called about once a second (redraw ages, notice a silent daemon)."""
 
 
 @dataclass
@@ -276,7 +277,7 @@ class Listener:
                     await asyncio.wait_for(self._probe(conn), self.probe_timeout)
                     next_probe = time.monotonic() + self.probe_interval
                 if now >= next_tick:
-                    self.sink.tick()
+                    self.sink.tick(self.state)
                     next_tick = now + 1.0
                 get_task = asyncio.create_task(c.queue.get())
                 timeout = max(min(next_probe, next_tick) - time.monotonic(), 0.0)
@@ -308,9 +309,12 @@ class Listener:
         self._group_id = int(row["id"])
         self.state.threshold = float(row["threshold"])
         self.state.window_s = int(row["window_s"])
+        self.state.heartbeat_timeout_s = int(row["heartbeat_timeout_s"])
 
     async def _refresh_streams(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch(_STREAMS_SQL, self.state.group)
+        if rows:
+            self.state.clock_offset = rows[0]["db_now"] - datetime.now(UTC)
         self.state.streams = [
             StreamInfo(
                 host=r["host"],
@@ -422,7 +426,5 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 def parse_since(text: str) -> datetime:
     """Parse ``--since`` (ISO 8601; a naive time is UTC)."""
-    from datetime import UTC
-
     t = datetime.fromisoformat(text)
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -160,7 +160,11 @@ def _header(state: WatchState, now: datetime) -> Text:
     t.append("  newest bucket ")
     t.append(latest.bucket.astimezone(UTC).strftime("%H:%M:%S UTC") if latest else "none")
     t.append("  ")
-    if state.connected:
+    silence = state.heartbeat_silence(now)
+    if state.connected and silence is not None:
+        # Connected, but the numbers stopped: the daemon feeding the group is gone.
+        t.append(f"● no daemon heartbeat for {silence:.0f} s", style="bold yellow")
+    elif state.connected:
         t.append("● live", style="green")
     else:
         t.append("● " + safe(state.status), style="bold red")
@@ -248,7 +252,10 @@ def _traffic_table(latest: StatsPayload | None) -> Table:
     return table
 
 
-def _streams_text(streams: Sequence[StreamInfo], now: datetime, rows: int) -> Text:
+def _streams_text(
+    streams: Sequence[StreamInfo], now: datetime, rows: int, timeout_s: float
+) -> Text:
+    """Return one line per stream; ``now`` is the database's time (heartbeats are its)."""
     t = Text(no_wrap=True, overflow="ellipsis")
     if not streams:
         t.append(" streams: none yet", style="dim")
@@ -260,7 +267,8 @@ def _streams_text(streams: Sequence[StreamInfo], now: datetime, rows: int) -> Te
         t.append(safe(f"{s.host}:{s.path}"))
         lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
         t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > 1_000_000 else "")
-        t.append(f"  heartbeat {_ago(s.heartbeat_at, now)}")
+        silent = s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s
+        t.append(f"  heartbeat {_ago(s.heartbeat_at, now)}", style="bold red" if silent else "")
         if s.stopped:
             t.append("  stopped", style="yellow")
     if len(streams) > rows:
@@ -335,7 +343,10 @@ class WatchView:
             Layout(Panel(_traffic_table(latest), title="traffic", title_align="left")),
         )
         parts.append(mid)
-        parts.append(Layout(_streams_text(state.streams, now, stream_rows), size=stream_rows))
+        streams = _streams_text(
+            state.streams, now + state.clock_offset, stream_rows, state.heartbeat_timeout_s
+        )
+        parts.append(Layout(streams, size=stream_rows))
         parts.append(
             Layout(
                 Panel(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from puppylog_watch.models import AlertPayload, RecoveryPayload, StatsPayload
 
@@ -35,6 +35,10 @@ class WatchState:
     group: str
     threshold: float | None = None
     window_s: int = 120
+    heartbeat_timeout_s: int = 30
+    # The database's clock minus this host's, as of the last read of the streams: heartbeat
+    # times are the database's, and their age must not depend on this host's clock.
+    clock_offset: timedelta = timedelta(0)
     group_exists: bool = True
     buckets: deque[StatsPayload] = field(default_factory=lambda: deque(maxlen=MAX_BUCKETS))
     streams: list[StreamInfo] = field(default_factory=list)
@@ -77,6 +81,17 @@ class WatchState:
         elif self.active_alert is not None and self.active_alert.alert_id == p.alert_id:
             self.active_alert = None
         return True
+
+    def heartbeat_silence(self, now: datetime) -> float | None:
+        """Return for how many seconds no stream has heartbeaten, if longer than the timeout.
+
+        ``now`` is this host's time; None while some stream heartbeats, or none ever did.
+        """
+        beats = [s.heartbeat_at for s in self.streams if s.heartbeat_at is not None]
+        if not beats:
+            return None
+        silence = (now + self.clock_offset - max(beats)).total_seconds()
+        return silence if silence > self.heartbeat_timeout_s else None
 
     def last_event_at(self) -> datetime | None:
         """Return the time of the newest alert event seen."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 
@@ -19,8 +20,16 @@ from puppylog_watch.app import LineSink
 from puppylog_watch.listener import Listener
 from puppylog_watch.state import WatchState
 from tests import pg
-from tests.integration.helpers import daemon_env, query_val
-from tests.integration.test_watch import with_user
+from tests.integration.helpers import (
+    append,
+    clf_lines,
+    daemon_env,
+    query_val,
+    recent,
+    run_once,
+    wait_for,
+)
+from tests.integration.test_watch import Watch, with_user
 from tests.pg import run_async
 
 
@@ -182,3 +191,28 @@ def test_history_says_that_connecting_timed_out() -> None:
         "puppylog-watch: cannot read the alert history: timed out after 10 s connecting to "
         f"postgresql://watcher:***@127.0.0.1:{port}/puppylog\n"
     )
+
+
+def test_plain_watch_says_when_no_daemon_heartbeats_as_the_tables_have_it(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Heartbeat ages and the group's timeout come from the database."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 3, recent(30)))
+    run_once(db_dsn, log)
+    query_val(db_dsn, "UPDATE puppylog.log_groups SET heartbeat_timeout_s = 60")
+    query_val(
+        db_dsn,
+        "UPDATE puppylog.log_streams SET stopped = false, heartbeat_at = now() - interval '5 min'",
+    )
+    watch = Watch("--plain", "--dsn", db_dsn)
+    try:
+        wait_for(lambda: any("no daemon heartbeat" in e for e in watch.errors), 20)
+        told = [e for e in watch.errors if "no daemon heartbeat" in e]
+        assert told[0].startswith("puppylog-watch: no daemon heartbeat for 30")
+        assert told[0].endswith("(group 'default', heartbeat timeout 60 s): is puppylogd running?")
+        query_val(db_dsn, "UPDATE puppylog.log_streams SET heartbeat_at = now()")
+        wait_for(lambda: "puppylog-watch: a daemon heartbeats again" in watch.errors, 20)
+        assert len([e for e in watch.errors if "no daemon heartbeat" in e]) == 1
+    finally:
+        assert watch.stop() == 0

@@ -210,3 +210,35 @@ def test_chart_marks_the_threshold_row() -> None:
     assert len(text) == 4 and all(len(line) == 20 for line in text)
     thr = [line for line in text if line.startswith(" 10.0┤")]
     assert len(thr) == 1 and "╌" in thr[0]
+
+
+def test_live_view_says_when_no_daemon_heartbeats() -> None:
+    """A dead daemon is no "● live": the header and the stream line say the silence."""
+    state = alert_state()  # one stream, heartbeat at T0; render() looks at T0 + 10 min
+    text = render(state, 100, 30)
+    assert "● live" not in text and "● no daemon heartbeat for 600 s" in text
+    assert "heartbeat 10m ago" in text
+    # Within the group's timeout it is live; the age is on the database's clock.
+    state.clock_offset = timedelta(seconds=-590)
+    text = render(state, 100, 30)
+    assert "● live" in text and "no daemon heartbeat" not in text
+    assert "heartbeat 10s ago" in text
+
+
+def test_plain_sink_says_once_that_no_daemon_heartbeats_and_when_one_is_back() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    sink = LineSink(out, err)
+    state = WatchState(group="default", connected=True, heartbeat_timeout_s=30)
+    now = datetime.now(UTC)
+    state.streams = [StreamInfo("web1", "/a.log", 0, now - timedelta(seconds=78), False, True)]
+    sink.tick(state)
+    sink.tick(state)
+    assert err.getvalue().splitlines() == [
+        "puppylog-watch: no daemon heartbeat for 78 s (group 'default', heartbeat timeout "
+        "30 s): is puppylogd running?"
+    ]
+    state.streams = [StreamInfo("web1", "/a.log", 0, now, False, True)]
+    sink.tick(state)
+    sink.tick(state)
+    assert err.getvalue().splitlines()[1:] == ["puppylog-watch: a daemon heartbeats again"]
+    assert out.getvalue() == ""

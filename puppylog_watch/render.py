@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,12 +42,27 @@ def _replace(match: re.Match[str]) -> str:
     return "^[" if match.group() == "\x1b" else "\ufffd"
 
 
-def safe(text: str) -> str:
-    """Return ``text`` with every control or bidi-override character made visible and inert.
+# Invisible characters: format characters (Cf: zero-width space and joiners, soft hyphen,
+# word joiner, BOM, tags, ...), line and paragraph separators, lone surrogates. Rich and the
+# terminal disagree on their widths (a ZWJ emoji family is one glyph on screen, three to
+# rich), which shifts columns and borders, and they let `/\u200badmin` pass for `/admin`.
+_HIDDEN_CATEGORIES = frozenset({"Cf", "Zl", "Zp", "Cs"})
 
-    ESC shows as ``^[``; every other C0/C1 control, DEL and bidi override as U+FFFD.
+
+def _visible(ch: str) -> str:
+    return "\ufffd" if unicodedata.category(ch) in _HIDDEN_CATEGORIES else ch
+
+
+def safe(text: str) -> str:
+    """Return ``text`` with every control, format or bidi-override character made visible.
+
+    ESC shows as ``^[``; every other C0/C1 control, DEL, bidi override and other invisible
+    character (Unicode categories Cf, Zl, Zp, Cs) as U+FFFD.
     """
-    return _UNSAFE.sub(_replace, text)
+    text = _UNSAFE.sub(_replace, text)
+    if text.isascii():
+        return text
+    return "".join(map(_visible, text))
 
 
 def human_bytes(n: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -242,3 +243,28 @@ def test_plain_sink_says_once_that_no_daemon_heartbeats_and_when_one_is_back() -
     sink.tick(state)
     assert err.getvalue().splitlines()[1:] == ["puppylog-watch: a daemon heartbeats again"]
     assert out.getvalue() == ""
+
+
+def test_invisible_characters_are_shown_and_the_view_stays_aligned() -> None:
+    """Zero-width and other format characters (Cf) cannot spoof a path or shift the columns."""
+    family = "/\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one glyph on a terminal
+    spoof = "/\u200badmin"
+    assert safe(spoof) == "/\ufffdadmin" and safe(family) == "/👨\ufffd👩\ufffd👧"
+    hidden = "/a\u00adb\u2060c\ufeffd\U000e0041\u2028e"  # soft hyphen, WJ, BOM, tag, LS
+    assert safe(hidden) == "/a\ufffdb\ufffdc\ufffdd\ufffd\ufffde"
+    assert safe("/café/日本") == "/café/日本"  # printable text stays as it is
+    stats = stats_at(0, 4.0, sections=[[spoof, 50], [family, 40], ["/ok", 20]])
+    assert "top=/\ufffdadmin:50," in plain_stats(stats)
+    state = WatchState(group="default", connected=True)
+    state.apply_stats(stats)
+    state.streams = [StreamInfo("web\u200d1", "/tmp/a\u200b.log", 0, T0, False, True)]
+    text = render(state, 100, 30)
+    assert not any(unicodedata.category(ch) == "Cf" for ch in text)
+    assert "/\ufffdadmin" in text and "web\ufffd1:/tmp/a\ufffd.log" in text
+    # Every row of the panels keeps its borders where the others have them.
+    from rich.cells import cell_len
+
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert rows and {cell_len(line) for line in rows} == {100}
+    right = {cell_len(line[: line.index("││") + 1]) for line in rows if "││" in line}
+    assert len(right) == 1

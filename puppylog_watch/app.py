@@ -274,17 +274,23 @@ ORDER BY h.triggered_at
 HISTORY_CONNECT_TIMEOUT = 10.0
 
 
-async def _fetch_history(dsn: str, group: str, since: datetime | None) -> list[dict[str, Any]]:
+async def _fetch_history(
+    dsn: str, group: str, since: datetime | None
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Return whether ``group`` exists, and its alerts."""
     conn = await asyncpg.connect(
         dsn,
         timeout=HISTORY_CONNECT_TIMEOUT,
         server_settings={"application_name": "puppylog-watch"},
     )
     try:
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM puppylog.log_groups WHERE name = $1)", group
+        )
         rows = await conn.fetch(_HISTORY_SQL, group, since)
     finally:
         await conn.close()
-    return [dict(r) for r in rows]
+    return bool(exists), [dict(r) for r in rows]
 
 
 def run_history(dsn: str, group: str, since: datetime | None, console: Console) -> int:
@@ -294,7 +300,7 @@ def run_history(dsn: str, group: str, since: datetime | None, console: Console) 
     (the history is incomplete; the live watch, which runs until stopped, exits 0).
     """
     try:
-        rows = asyncio.run(_fetch_history(dsn, group, since))
+        exists, rows = asyncio.run(_fetch_history(dsn, group, since))
     except KeyboardInterrupt:
         return 130
     except TimeoutError:
@@ -307,6 +313,13 @@ def run_history(dsn: str, group: str, since: datetime | None, console: Console) 
     except CONNECTION_ERRORS as exc:
         print(f"puppylog-watch: cannot read the alert history: {exc}", file=sys.stderr)
         return 1
+    if not exists:
+        # An empty history would otherwise look the same as a quiet group.
+        print(
+            f"puppylog-watch: no group {safe(repr(group))} in the database (a daemon's "
+            "--group creates it)",
+            file=sys.stderr,
+        )
     with contextlib.suppress(BrokenPipeError):
         if console.is_terminal:
             console.print(history_table(rows))

@@ -191,7 +191,7 @@ def _header(state: WatchState, now: datetime) -> Text:
 
 def _banner(alert: AlertPayload, width: int) -> Text:
     text = Text(style="bold white on red", overflow="ellipsis")
-    head = f" ▲ HIGH TRAFFIC ALERT  avg {alert.avg:g} req/s > threshold {alert.threshold:g}"
+    head = f" ▲ HIGH TRAFFIC ALERT  avg {alert.avg:.2f} req/s > threshold {alert.threshold:g}"
     text.append(head.ljust(width) + "\n")
     text.append(" " + safe(alert.message))
     return text
@@ -293,7 +293,9 @@ def _streams_text(
 
 
 def _events_text(events: Sequence[AlertEvent], rows: int) -> Text:
-    t = Text(no_wrap=True, overflow="ellipsis")
+    # Wrapped, not cut: the time is at the end of a message. What does not fit in the
+    # panel's rows is cropped from the bottom, so the newest messages stay whole.
+    t = Text()
     if not events:
         t.append("no alerts yet", style="dim")
         return t

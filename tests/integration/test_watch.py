@@ -411,6 +411,7 @@ def test_watch_reads_only_the_connection_settings_and_a_bad_one_is_exit_2(
         )
 
     daemon_only = {"PUPPYLOG_THRESHOLD": "-1", "PUPPYLOG_LOG_FILES": ""}
+    query_val(db_dsn, "INSERT INTO puppylog.log_groups (name) VALUES ('default')")
     ok = watch("--history", env={"PUPPYLOG_DSN": db_dsn, **daemon_only})
     assert (ok.returncode, ok.stderr) == (0, ""), ok
     bad = watch("--history", env={"PUPPYLOG_DSN": "host=db dbname=puppylog"})
@@ -487,3 +488,19 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(db_dsn: str) ->
         "puppylog-watch: error: cannot write the output: [Errno 28] No space left on device"
     )
     assert [line for line in err.splitlines()[:-1] if "no group" not in line] == []
+
+
+def test_history_of_a_group_that_does_not_exist_says_so(db_dsn: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "puppylog_watch", "--history", "--group", "typo"],
+        env=daemon_env({"PUPPYLOG_DSN": db_dsn}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out
+    assert out.stdout.splitlines() == ["\t".join(HISTORY_COLUMNS)]
+    assert out.stderr == (
+        "puppylog-watch: no group 'typo' in the database (a daemon's --group creates it)\n"
+    )

@@ -268,3 +268,14 @@ def test_invisible_characters_are_shown_and_the_view_stays_aligned() -> None:
     assert rows and {cell_len(line) for line in rows} == {100}
     right = {cell_len(line[: line.index("││") + 1]) for line in rows if "││" in line}
     assert len(right) == 1
+
+
+def test_banner_average_has_two_decimals_and_alert_messages_wrap_at_80_columns() -> None:
+    text = render(alert_state(), 80, 24)
+    assert "avg 12.01 req/s > threshold 10" in text and "12.008" not in text
+    state = alert_state()
+    recovery, _ = parse_payload(RECOVERY)
+    assert isinstance(recovery, RecoveryPayload)
+    state.apply_alert(recovery)  # no banner: the messages are only in the alerts panel
+    panel = render(state, 80, 24).split("alerts, newest first")[1]
+    assert "recovered at" in panel and "2026-11-28T04:33:10+00:00" in panel  # not cut

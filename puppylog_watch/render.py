@@ -156,15 +156,19 @@ def chart(values: Sequence[float], threshold: float | None, width: int, height: 
 # -- the live view ---------------------------------------------------------------------------
 
 
+def _span(s: float) -> str:
+    """Return a duration in seconds as ``78s``, ``12m`` or ``3h``."""
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.0f}h"
+
+
 def _ago(t: datetime | None, now: datetime) -> str:
     if t is None:
         return "never"
-    s = max((now - t).total_seconds(), 0.0)
-    if s < 120:
-        return f"{s:.0f}s ago"
-    if s < 7200:
-        return f"{s / 60:.0f}m ago"
-    return f"{s / 3600:.0f}h ago"
+    return _span(max((now - t).total_seconds(), 0.0)) + " ago"
 
 
 def _header(state: WatchState, now: datetime) -> Text:
@@ -179,7 +183,8 @@ def _header(state: WatchState, now: datetime) -> Text:
     silence = state.heartbeat_silence(now)
     if state.connected and silence is not None:
         # Connected, but the numbers stopped: the daemon feeding the group is gone.
-        t.append(f"● no daemon heartbeat for {silence:.0f} s", style="bold yellow")
+        # Short enough to stay whole in an 80-column header.
+        t.append(f"● no heartbeat for {_span(silence)}", style="bold yellow")
     elif state.connected:
         t.append("● live", style="green")
     else:

@@ -216,13 +216,14 @@ def test_chart_marks_the_threshold_row() -> None:
 def test_live_view_says_when_no_daemon_heartbeats() -> None:
     """A dead daemon is no "● live": the header and the stream line say the silence."""
     state = alert_state()  # one stream, heartbeat at T0; render() looks at T0 + 10 min
-    text = render(state, 100, 30)
-    assert "● live" not in text and "● no daemon heartbeat for 600 s" in text
+    text = render(state, 80, 24)
+    assert "● live" not in text
+    assert text.splitlines()[0].rstrip().endswith("● no heartbeat for 10m")  # whole at 80
     assert "heartbeat 10m ago" in text
     # Within the group's timeout it is live; the age is on the database's clock.
     state.clock_offset = timedelta(seconds=-590)
     text = render(state, 100, 30)
-    assert "● live" in text and "no daemon heartbeat" not in text
+    assert "● live" in text and "no heartbeat" not in text
     assert "heartbeat 10s ago" in text
 
 

@@ -414,6 +414,14 @@ def _open_file(path: Path) -> _File | None:
         raise
 
 
+def _try_open(path: str) -> _File | None:
+    """Open a rotated sibling like ``_open_file``; None also if it cannot be (it may be gone)."""
+    try:
+        return _open_file(Path(path))
+    except OSError:
+        return None
+
+
 def _is_counter(suffix: str) -> bool:
     """Return whether ``suffix`` is a rotation counter (``access.log.3``), not a date."""
     return len(suffix) <= _COUNTER_DIGITS and suffix.isascii() and suffix.isdigit()
@@ -723,10 +731,7 @@ class Tailer:
                 or st.st_size < cp.offset
             ):
                 continue
-            try:
-                f = _open_file(Path(path))
-            except OSError:
-                continue
+            f = _try_open(path)
             if f is None:
                 continue
             if f.ident != path_file and _check_against(f, cp) == "ok":
@@ -786,10 +791,7 @@ class Tailer:
         for mtime, suffix, path in entries:
             if not _rotated_after(suffix, mtime, ref_suffix, ref_mtime):
                 continue
-            try:
-                f = _open_file(Path(path))
-            except OSError:
-                continue
+            f = _try_open(path)
             if f is None:
                 continue
             if f.ident in exclude or f.ident == ref or self._was_read(f):

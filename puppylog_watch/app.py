@@ -245,14 +245,18 @@ def _fatal(exc: WatchFatal, err: TextIO) -> int:
     return 1
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would fail again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _output_failed(exc: BaseException, out: TextIO, err: TextIO) -> int:
     """End the watch whose output failed: quietly (0) when the reader left, else one line (1)."""
     if out is sys.stdout:
-        # What is still buffered would fail again when Python flushes stdout at exit.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        _quiet_stdout()
     if isinstance(exc, BrokenPipeError):
         return 0  # `puppylog-watch --plain | head`: the reader has what it wanted
     with contextlib.suppress(OSError):
@@ -320,10 +324,12 @@ def run_history(dsn: str, group: str, since: datetime | None, console: Console) 
             "--group creates it)",
             file=sys.stderr,
         )
-    with contextlib.suppress(BrokenPipeError):
+    try:
         if console.is_terminal:
             console.print(history_table(rows))
         else:  # for scripts: a table cut to 80 columns is no use in a pipe
             sys.stdout.write(history_tsv(rows))
             sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()  # `--history | head`: the reader has what it wanted
     return 0

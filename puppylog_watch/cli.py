@@ -130,8 +130,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_watch(dsn, group, mode=mode)
     except KeyboardInterrupt:
         return 0
-    except BrokenPipeError:
-        # `puppylog-watch | head`: the reader left; exit quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0

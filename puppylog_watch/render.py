@@ -396,17 +396,23 @@ HISTORY_COLUMNS = (
 )
 
 
+def _alert_span(r: dict[str, Any]) -> tuple[datetime, datetime | None, int]:
+    """Return an alert row's trigger time, recovery time (None: active) and seconds so far."""
+    trig: datetime = r["triggered_at"]
+    rec: datetime | None = r["recovered_at"]
+    return trig, rec, int(((rec or datetime.now(UTC)) - trig).total_seconds())
+
+
 def history_tsv(rows: Sequence[dict[str, Any]]) -> str:
     """Return past alerts as tab-separated lines under a header (``--history``, piped)."""
     lines = ["\t".join(HISTORY_COLUMNS)]
     for r in rows:
-        trig: datetime = r["triggered_at"]
-        rec: datetime | None = r["recovered_at"]
+        trig, rec, secs = _alert_span(r)
         fields = [
             r["id"],
             _iso(trig),
             _iso(rec) if rec else "",  # empty: still active
-            int(((rec or datetime.now(UTC)) - trig).total_seconds()),
+            secs,
             r["hits_at_trigger"],
             "" if r["hits_at_recovery"] is None else r["hits_at_recovery"],
             f"{r['threshold']:g}",
@@ -426,10 +432,7 @@ def history_table(rows: Sequence[dict[str, Any]]) -> RenderableType:
     table.add_column("hits at recovery", justify="right")
     table.add_column("threshold", justify="right")
     for r in rows:
-        trig: datetime = r["triggered_at"]
-        rec: datetime | None = r["recovered_at"]
-        end = rec or datetime.now(UTC)
-        secs = int((end - trig).total_seconds())
+        trig, rec, secs = _alert_span(r)
         dur = f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
         table.add_row(
             str(r["id"]),

@@ -25,7 +25,7 @@ from puppylogd.config import (
     dsn_has_password,
     unknown_settings,
 )
-from puppylogd.embedded import BINDIR_ENV
+from puppylogd.embedded import BINDIR_ENV, EmbeddedError
 from puppylogd.logs import configure_logging, mask_dsn
 
 # Flags spelt differently from their setting: a repeatable --log-file fills log_files.
@@ -141,6 +141,8 @@ class ConfigSource:
         self.base.pop(ENV_FILE_ENV, None)
         # Why the optional file could not be read, if it could not (see _file_values).
         self.unreadable: str | None = None
+        # The file's assignments as the last load() read them.
+        self._loaded: dict[str, str] = {}
         try:
             initial = self._file_values() or {}
         except (OSError, ValueError):  # load() reports it
@@ -176,12 +178,13 @@ class ConfigSource:
             return None
 
     def names(self) -> set[str]:
-        """Return the ``PUPPYLOG_*`` names given, in the environment or the file."""
-        return set(self.base) | set(self._file_values() or {})
+        """Return the ``PUPPYLOG_*`` names given: the environment, the file as last loaded."""
+        return set(self.base) | set(self._loaded)
 
     def load(self) -> Settings:
         """Build the settings now; on any error the environment is left as it was."""
-        values = {**self.base, **(self._file_values() or {})}
+        self._loaded = self._file_values() or {}
+        values = {**self.base, **self._loaded}
         before = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
         _replace_env(values)
         try:
@@ -308,21 +311,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(settings, plain=bool(args.plain), duration=args.duration)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("puppylogd")
     if source.unreadable:
-        structlog.get_logger("puppylogd").warning(
+        log.warning(
             source.unreadable + "; until then the settings systemd loaded from it at start apply"
         )
     for warning in unknown_settings(source.names(), known=KNOWN_ENV):
-        structlog.get_logger("puppylogd").warning(warning)
+        log.warning(warning)
     if getattr(args, "dsn", None) and dsn_has_password(args.dsn):
-        structlog.get_logger("puppylogd").warning(PASSWORD_ON_COMMAND_LINE)
+        log.warning(PASSWORD_ON_COMMAND_LINE)
     if args.command == "migrate":
-        from puppylogd.embedded import EmbeddedError
-
         try:
             return asyncio.run(_migrate(settings))
         except EmbeddedError as exc:
-            structlog.get_logger("puppylogd").error("cannot start", error=str(exc))
+            log.error("cannot start", error=str(exc))
             return 1
 
     def reload() -> Settings:
@@ -334,11 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return new
 
     from puppylogd.daemon import Daemon, DaemonError
-    from puppylogd.embedded import EmbeddedError
     from puppylogd.ingest import StreamOwnedElsewhere
     from puppylogd.migrations import MigrationError
 
-    log = structlog.get_logger("puppylogd")
     try:
         with fewer_gc_passes() if settings.once else contextlib.nullcontext():
             return asyncio.run(Daemon(settings, reload=reload).run())

@@ -476,7 +476,8 @@ class Daemon:
 
     def _status_text(self, rate: float) -> str:
         stats = [ingest.stats for ingest, _, _ in self.streams.values()]
-        if self._start_waiting or any(s.waiting_for_db for s in stats):
+        waiting = any(ingest.waiting_for_db for ingest, _, _ in self.streams.values())
+        if self._start_waiting or waiting:
             return WAITING_FOR_DB
         lag = sum(s.lag_bytes for s in stats)
         rejected = sum(s.rejected for s in stats)
@@ -551,7 +552,7 @@ class Daemon:
                 ingest, stop, task = self.streams.pop(path)
                 self._streams_changed.set()
                 stop.set()
-                if ingest.stats.waiting_for_db:
+                if ingest.waiting_for_db:
                     # As at stop: it could store nothing now, and reload must not hang on it.
                     task.cancel()
                 (result,) = await asyncio.gather(task, return_exceptions=True)
@@ -765,7 +766,7 @@ class Daemon:
         finally:
             for ingest, stop, task in self.streams.values():
                 stop.set()
-                if ingest.stats.waiting_for_db:
+                if ingest.waiting_for_db:
                     # The server is away: there is nothing it could store now, and what the
                     # stream holds is read again from the file on the next start.
                     task.cancel()

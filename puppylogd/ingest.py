@@ -139,7 +139,6 @@ class StreamStats:
     batches: int = 0
     lag_bytes: int = 0
     last_progress: float = field(default_factory=time.monotonic)
-    waiting_for_db: bool = False
 
 
 def position_from_row(row: asyncpg.Record) -> Position | None:
@@ -173,7 +172,7 @@ class StreamIngest:
         self.path = path
         self.group_id = group_id
         self.stats = StreamStats()
-        # Set while the stream waits for the database (``stats.waiting_for_db``), to await it.
+        # Set while the stream waits for the database (``waiting_for_db``), to await it.
         self.db_wait = asyncio.Event()
         self.stream_id = 0
         self._on_progress = on_progress
@@ -222,26 +221,26 @@ class StreamIngest:
                 else:
                     self._conn = conn
             except db.CONNECTION_ERRORS as exc:
-                if not self.stats.waiting_for_db:
+                if not self.waiting_for_db:
                     log.warning("waiting for database", path=str(self.path), error=str(exc))
-                self.stats.waiting_for_db = True
                 self.db_wait.set()
                 if isinstance(exc, db.ANSWERED_ERRORS):
                     # The server is down or full, not hung: we are alive and retrying.
                     self._on_progress()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
-        if self.stats.waiting_for_db:
+        if self.waiting_for_db:
             log.info("database is back", path=str(self.path))
-            self.stats.waiting_for_db = False
             self.db_wait.clear()
         return current
 
-    async def _drop_connection(self) -> None:
-        """Forget the current connections (after an error their state is unknown)."""
-        self._terminate_connections()
+    @property
+    def waiting_for_db(self) -> bool:
+        """Tell whether the stream is waiting for the database (it is away or full)."""
+        return self.db_wait.is_set()
 
     def _terminate_connections(self) -> None:
+        """Forget the current connections (after an error their state is unknown)."""
         for conn in (self._conn, self._spare):
             if conn is not None and not conn.is_closed():
                 conn.terminate()
@@ -307,7 +306,7 @@ class StreamIngest:
                 row = await conn.fetchrow(db.query("read_checkpoint"), self.stream_id)
             except db.CONNECTION_ERRORS as exc:
                 log.warning("database lost while resynchronising", error=str(exc))
-                await self._drop_connection()
+                self._terminate_connections()
                 continue
             assert row is not None
             position = position_from_row(row)
@@ -568,7 +567,7 @@ class StreamIngest:
             log.warning("database connection lost", path=str(self.path), error=str(exc))
         else:
             log.error("batch failed; will retry", path=str(self.path), error=repr(exc))
-        await self._drop_connection()
+        self._terminate_connections()
         await asyncio.sleep(BACKOFF_START)
         await self._resync()
 

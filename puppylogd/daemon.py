@@ -52,6 +52,17 @@ def is_file_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError)
 
 
+def _missing(path: Path) -> bool:
+    """Return whether nothing is at ``path`` (other errors are left to the tailer to report)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class DaemonError(Exception):
     """A failure that ends the daemon with a clear message (and a non-zero exit)."""
 
@@ -660,6 +671,12 @@ class Daemon:
                     self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
                 )
                 ingests.append(ingest)
+                if _missing(path) and not await ingest.is_known():
+                    # Most likely a mistyped path: say so without leaving a stream for it in
+                    # the database (a known one may have been rotated away: register reads it).
+                    log.error("no such log file", path=str(path))
+                    missing.append(str(path))
+                    continue
                 try:
                     decision = await ingest.register()
                 except NotRegularFileError:

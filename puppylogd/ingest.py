@@ -251,6 +251,12 @@ class StreamIngest:
         self._tailer.close()
         self._terminate_connections()
 
+    async def is_known(self) -> bool:
+        """Return whether the database already has a stream for this file on this host."""
+        conn = await self._connection()
+        key = (self.group_id, self.settings.host, str(self.path))
+        return await conn.fetchrow(db.query("stream_owner"), *key) is not None
+
     async def register(self) -> str:
         """Register the stream, open the tailer at the committed checkpoint; say what happened.
 

@@ -211,12 +211,23 @@ def test_once_with_a_missing_file_stores_the_others_and_exits_1(
     present = tmp_path / "access.log"
     missing = tmp_path / "acess.log"
     errors = once_failing(db_dsn, present, missing, present)
-    assert [(e["event"], e.get("path")) for e in errors[:1]] == [
-        ("no such log file (or not a regular file)", str(missing))
-    ]
+    assert [(e["event"], e.get("path")) for e in errors[:1]] == [("no such log file", str(missing))]
     assert errors[-1]["event"] == "once: done, but some files could not be read"
     assert errors[-1]["unread"] == [str(missing)]
     assert (errors[-1]["stored"], count_rows(db_dsn)) == (5, 5)
+    # No stream is left in the database (and in the console's list) for the wrong path.
+    assert query_val(db_dsn, "SELECT array_agg(path) FROM puppylog.log_streams") == [str(present)]
+
+
+def test_once_reads_a_known_file_rotated_away_from_its_path(db_dsn: str, tmp_path: Path) -> None:
+    """A path gone since the last run is no typo when its stream is known: its lines are read."""
+    path = tmp_path / "access.log"
+    path.write_bytes(clf_lines(0, 5, recent(60)))
+    run_once(db_dsn, path)
+    append(path, clf_lines(5, 3, recent(50)))
+    path.rename(tmp_path / "access.log.1")
+    result = run_once(db_dsn, path, check=False)
+    assert (result.returncode, count_rows(db_dsn)) == (0, 8), result.stderr
 
 
 def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(

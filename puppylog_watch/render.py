@@ -26,6 +26,7 @@ from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
 __all__ = [
     "WatchView",
     "chart",
+    "chart_columns",
     "human_bytes",
     "json_line",
     "plain_alert",
@@ -36,6 +37,8 @@ __all__ = [
 # C0 controls, DEL, C1 controls, and bidi/format overrides that can reorder what is shown.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _BLOCKS = " ▁▂▃▄▅▆▇█"
+# The chart's value labels and axis (" 10.0┤ ") take this many columns of its width.
+CHART_LABEL_WIDTH = 7
 
 
 def _replace(match: re.Match[str]) -> str:
@@ -107,14 +110,18 @@ def json_line(obj: dict[str, Any]) -> str:
 # -- the chart -------------------------------------------------------------------------------
 
 
+def chart_columns(width: int) -> int:
+    """Return how many bars (one per bucket) a chart ``width`` columns wide draws."""
+    return max(width - CHART_LABEL_WIDTH, 1)
+
+
 def chart(values: Sequence[float], threshold: float | None, width: int, height: int) -> Text:
     """Return a bar chart of ``values`` (newest right), ``height`` rows, threshold drawn in.
 
     Bars above the threshold are red, the others green; the threshold is a yellow dashed line
     across the empty cells of its row, labelled on the left.
     """
-    label_w = 7
-    cols = max(width - label_w, 1)
+    cols = chart_columns(width)
     vals = list(values)[-cols:]
     vals = [0.0] * (cols - len(vals)) + vals
     top = max([*vals, (threshold or 0.0) * 1.25, 1.0])
@@ -341,7 +348,8 @@ class WatchView:
         parts = [Layout(_header(state, now), size=1)]
         if banner and state.active_alert is not None:
             parts.append(Layout(_banner(state.active_alert, width), size=3))
-        n = min(len(state.buckets), width)
+        # The buckets drawn, not the terminal's columns: the labels take some of them.
+        n = min(len(state.buckets), chart_columns(width))
         title = Text(no_wrap=True, overflow="crop")
         span = f"{n * 10 // 60} min" if n >= 12 else f"{n * 10} s"
         title.append(f" req/s per 10 s, last {span} ", style="bold")

@@ -280,3 +280,16 @@ def test_banner_average_has_two_decimals_and_alert_messages_wrap_at_80_columns()
     state.apply_alert(recovery)  # no banner: the messages are only in the alerts panel
     panel = render(state, 80, 24).split("alerts, newest first")[1]
     assert "recovered at" in panel and "2026-11-28T04:33:10+00:00" in panel  # not cut
+
+
+@pytest.mark.parametrize(("width", "drawn", "span"), [(80, 73, "12 min"), (100, 90, "15 min")])
+def test_chart_title_counts_the_buckets_the_chart_draws(width: int, drawn: int, span: str) -> None:
+    """90 buckets (15 min): at 80 columns the labels leave room for 73 bars, about 12 min."""
+    state = WatchState(group="default", connected=True, status="live")
+    for i in range(90):
+        state.apply_stats(stats_at(i, 4.0))
+    lines = render(state, width, 24).splitlines()
+    title = next(line for line in lines if "req/s per 10 s" in line)
+    assert f"req/s per 10 s, last {span} " in title
+    bottom = next(line for line in lines if line.startswith("  0.0┤"))
+    assert sum(ch in "▁▂▃▄▅▆▇█" for ch in bottom) == drawn

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.layout import Layout
 from rich.panel import Panel
@@ -178,26 +179,44 @@ def _ago(t: datetime | None, now: datetime) -> str:
     return _span(max((now - t).total_seconds(), 0.0)) + " ago"
 
 
-def _header(state: WatchState, now: datetime) -> Text:
-    t = Text(no_wrap=True, overflow="ellipsis")
-    t.append(" puppylog ", style="bold white on blue")
-    t.append(" group ")
-    t.append(safe(state.group), style="bold")
-    latest = state.latest
-    t.append("  newest bucket ")
-    t.append(latest.bucket.astimezone(UTC).strftime("%H:%M:%S UTC") if latest else "none")
-    t.append("  ")
+# A long group name is cut to make room for the status, but not below this many cells.
+_GROUP_MIN = 8
+
+
+def _header(state: WatchState, now: datetime, width: int) -> Text:
+    """Return the top line; the status keeps its place at any width from 80 columns up.
+
+    Room is made for it by dropping the newest bucket's time (the average line below dates
+    the numbers too), then by cutting the group name with an ellipsis.
+    """
     silence = state.heartbeat_silence(now)
     if state.connected and silence is not None:
         # Connected, but the numbers stopped: the daemon feeding the group is gone.
-        # Short enough to stay whole in an 80-column header.
-        t.append(f"● no heartbeat for {_span(silence)}", style="bold yellow")
+        status = Text(f"● no heartbeat for {_span(silence)}", style="bold yellow")
     elif state.connected:
-        t.append("● live", style="green")
+        status = Text("● live", style="green")
     else:
-        t.append("● " + safe(state.status), style="bold red")
+        status = Text("● " + safe(state.status), style="bold red")
     if state.connected and not state.group_exists:
-        t.append("  (group not created yet)", style="yellow")
+        status.append("  (group not created yet)", style="yellow")
+    latest = state.latest
+    newest = "  newest bucket " + (
+        latest.bucket.astimezone(UTC).strftime("%H:%M:%S UTC") if latest else "none"
+    )
+    name = Text(safe(state.group), style="bold")
+    badge = " puppylog "
+    room = width - cell_len(badge) - cell_len(" group ") - cell_len("  ") - status.cell_len
+    if name.cell_len + cell_len(newest) > room:
+        if min(name.cell_len, _GROUP_MIN) + cell_len(newest) > room:
+            newest = ""
+        name.truncate(max(room - cell_len(newest), _GROUP_MIN), overflow="ellipsis")
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(badge, style="bold white on blue")
+    t.append(" group ")
+    t.append_text(name)
+    t.append(newest)
+    t.append("  ")
+    t.append_text(status)
     return t
 
 
@@ -345,7 +364,7 @@ class WatchView:
         section_rows = max(mid_h - 3, 1)
 
         root = Layout()
-        parts = [Layout(_header(state, now), size=1)]
+        parts = [Layout(_header(state, now, width), size=1)]
         if banner and state.active_alert is not None:
             parts.append(Layout(_banner(state.active_alert, width), size=3))
         # The buckets drawn, not the terminal's columns: the labels take some of them.

@@ -293,3 +293,28 @@ def test_chart_title_counts_the_buckets_the_chart_draws(width: int, drawn: int, 
     assert f"req/s per 10 s, last {span} " in title
     bottom = next(line for line in lines if line.startswith("  0.0┤"))
     assert sum(ch in "▁▂▃▄▅▆▇█" for ch in bottom) == drawn
+
+
+def header(state: WatchState, width: int = 80) -> str:
+    return render(state, width, 24).splitlines()[0].rstrip()
+
+
+LONG_GROUP = "checkout-service-eu-west-1-production-blue-green-canary-with-a-long-name"
+
+
+def test_a_long_group_name_is_cut_so_the_status_stays_in_an_80_column_header() -> None:
+    state = alert_state()
+    state.group = LONG_GROUP
+    state.clock_offset = timedelta(seconds=-590)  # heartbeats within the timeout: live
+    live = header(state)
+    assert live.endswith("● live") and "newest bucket 04:29:50 UTC" in live
+    assert " group checkout-service-eu-west-1…  newest" in live and len(live) == 80
+    state.clock_offset = timedelta(0)  # no heartbeat for 10 min
+    assert header(state).endswith("● no heartbeat for 10m")
+    state.connected, state.status = False, "unreachable: connection refused at 127.0.0.1:5432"
+    cut = header(state)
+    assert cut.endswith("● unreachable: connection refused at 127.0.0.1:5432")
+    assert " group checkout-…  ●" in cut  # the newest bucket's time went first
+    # With room to spare, nothing is cut.
+    state.connected = True
+    assert f" group {LONG_GROUP}  newest bucket 04:29:50 UTC" in header(state, 160)

@@ -79,7 +79,7 @@ class LineSink:
             if self._was_connected is False:
                 self.warn("reconnected to the database")
         else:
-            self.warn(state.status)
+            self.warn(state.status_detail or state.status)  # stderr has room for all of it
         self._was_connected = state.connected
         if state.connected and not state.group_exists and not self._told_no_group:
             # Plain output is silent until a bucket closes: say why none ever may.
@@ -228,6 +228,9 @@ async def watch_async(
         ) as live:
             live.refresh()
             await _run(Listener(dsn, state, LiveSink(live, state)), stop)
+        if not state.connected and state.status_detail:
+            # The header had room for the gist only; the whole of it outlives the screen.
+            _say(err, f"puppylog-watch: {safe(state.status_detail)}")
     except OutputError as exc:
         return _output_failed(exc.__cause__ or exc, out, err)
     except OSError as exc:
@@ -238,10 +241,14 @@ async def watch_async(
     return 0
 
 
-def _fatal(exc: WatchFatal, err: TextIO) -> int:
+def _say(err: TextIO, line: str) -> None:
     with contextlib.suppress(OSError):
-        err.write(f"puppylog-watch: error: {safe(str(exc))}\n")
+        err.write(line + "\n")
         err.flush()
+
+
+def _fatal(exc: WatchFatal, err: TextIO) -> int:
+    _say(err, f"puppylog-watch: error: {safe(str(exc))}")
     return 1
 
 

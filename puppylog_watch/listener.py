@@ -34,6 +34,7 @@ from puppylog_watch.models import (
     StatsPayload,
     parse_payload,
 )
+from puppylog_watch.outage import Outage, connect_failed, session_failed
 from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
 from puppylogd import db
 from puppylogd.logs import mask_dsn
@@ -176,12 +177,7 @@ class Listener:
                     server_settings={"application_name": "puppylog-watch"},
                 )
             except _LOST_ERRORS as exc:
-                reason = (
-                    f"timed out after {self.connect_timeout:g} s"
-                    if isinstance(exc, TimeoutError)
-                    else _short(exc)
-                )
-                self._set_status(False, f"database unreachable: {reason}; retry in {delay:g}s")
+                self._set_status(False, connect_failed(exc, self.dsn, timeout=self.connect_timeout))
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
@@ -191,9 +187,7 @@ class Listener:
                         f"cannot connect to {mask_dsn(self.dsn)}: {exc} "
                         "(check --dsn / PUPPYLOG_DSN)"
                     ) from exc
-                self._set_status(
-                    False, f"database refused the connection: {_short(exc)}; retry in {delay:g}s"
-                )
+                self._set_status(False, connect_failed(exc, self.dsn, timeout=self.connect_timeout))
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
@@ -201,11 +195,13 @@ class Listener:
             try:
                 await self._session(conn, stop)
             except _LOST_ERRORS as exc:
-                self._set_status(False, f"connection lost: {_short(exc)}; reconnecting")
+                outage = session_failed(exc, lost=True, probe_timeout=self.probe_timeout)
+                self._set_status(False, outage)
             except asyncpg.PostgresError as exc:
                 if not self.connects:
                     raise WatchFatal(await self._explain(conn, exc)) from exc
-                self._set_status(False, f"database error: {_short(exc)}; reconnecting")
+                outage = session_failed(exc, lost=False, probe_timeout=self.probe_timeout)
+                self._set_status(False, outage)
             finally:
                 conn.terminate()
             if time.monotonic() - started >= self.stable_after:
@@ -239,10 +235,13 @@ class Listener:
             )
         return f"cannot read the puppylog tables: {exc}"
 
-    def _set_status(self, connected: bool, text: str) -> None:
+    def _set_status(self, connected: bool, status: str | Outage) -> None:
+        text = status.status if isinstance(status, Outage) else status
+        # Retries of the same outage change nothing: it is said once, not once per attempt.
         changed = connected != self.state.connected or text != self.state.status
         self.state.connected = connected
         self.state.status = text
+        self.state.status_detail = status.detail if isinstance(status, Outage) else ""
         if changed:
             self.sink.status(self.state)
 
@@ -411,12 +410,6 @@ class Listener:
             self.sink.warn(f"skipped an alert payload on channel {channel}")
         elif self.state.apply_alert(payload):
             self.sink.alert(payload, raw)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return f"{name}: {text}"[:160] if text else name
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

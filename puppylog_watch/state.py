@@ -47,7 +47,9 @@ class WatchState:
     events: deque[AlertEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     seen: set[tuple[int, str]] = field(default_factory=set)
     connected: bool = False
+    # Short enough for the live view's header; ``status_detail`` is the full story, if any.
     status: str = "connecting"
+    status_detail: str = ""
 
     @property
     def latest(self) -> StatsPayload | None:

@@ -216,3 +216,30 @@ def test_plain_watch_says_when_no_daemon_heartbeats_as_the_tables_have_it(
         assert len([e for e in watch.errors if "no daemon heartbeat" in e]) == 1
     finally:
         assert watch.stop() == 0
+
+
+def test_an_unreachable_database_is_said_once_and_in_words(tmp_path: Path) -> None:
+    """No server socket: which one, on stderr once, however many retries; short in the state."""
+    sock = tmp_path / "nosuchdir" / ".s.PGSQL.5432"
+    short = f"/{sock.parts[1]}/…/{sock.name}"  # what the header has room for
+    dsn = f"postgresql://watcher@/puppylog?host={sock.parent}"
+    err = io.StringIO()
+    state = WatchState(group="default")
+
+    async def go() -> int:
+        sink = LineSink(io.StringIO(), err)
+        listener = Listener(dsn, state, sink, min_backoff=0.05, max_backoff=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(listener.run(stop))
+        while listener.attempts < 5:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        return listener.attempts
+
+    assert run_async(go) >= 5
+    assert err.getvalue() == (
+        f"puppylog-watch: database unreachable: no server at {sock} (FileNotFoundError: "
+        "[Errno 2] No such file or directory); retrying\n"
+    )
+    assert state.status == f"unreachable: no server at {short}"

@@ -1,4 +1,4 @@
-"""The real terminal view of puppylog-watch in a 100x30 tmux pane, during an alert."""
+"""The real terminal view of puppylog-watch in a tmux pane: during an alert, and cut off."""
 
 from __future__ import annotations
 
@@ -120,3 +120,38 @@ def test_live_view_in_tmux_shows_banner_sections_and_chart(
     after = str(wait_for(exited, 15, interval=0.1))
     assert "EXIT=0" in after
     assert "HIGH TRAFFIC ALERT" not in after
+
+
+def test_an_unreachable_database_is_one_readable_header_line_at_80_columns(
+    tmp_path: Path,
+) -> None:
+    """The header says which socket is missing, in words; the whole error follows the exit."""
+    sock = tmp_path / "nosuchdir" / ".s.PGSQL.5432"
+    short = f"/{sock.parts[1]}/…/{sock.name}"  # what the header has room for
+    dsn = f"postgresql://watcher@/puppylog?host={sock.parent}"
+    cmd = (
+        "trap true INT; "
+        f"{shlex.quote(sys.executable)} -m puppylog_watch --dsn {shlex.quote(dsn)}; "
+        "echo EXIT=$?; sleep 60"
+    )
+    tmux = Tmux(80, 24, cmd)
+    try:
+
+        def outage() -> str | None:
+            s = tmux.screen()
+            return s if "unreachable" in s else None
+
+        first = str(wait_for(outage, 30, interval=0.1, message=tmux.screen)).splitlines()[0]
+        assert first.rstrip() == (f" puppylog  group default  ● unreachable: no server at {short}")
+        tmux.run("send-keys", "-t", "w", "C-c")
+
+        def exited() -> str | None:
+            s = tmux.screen()
+            return s if "EXIT=" in s else None
+
+        after = str(wait_for(exited, 15, interval=0.1, message=tmux.screen))
+        assert "EXIT=0" in after
+        joined = after.replace("\n", "")  # the line wraps at 80 columns
+        assert f"puppylog-watch: database unreachable: no server at {sock} (" in joined
+    finally:
+        tmux.close()

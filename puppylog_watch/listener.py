@@ -3,6 +3,8 @@
 After every (re)connect the listener LISTENs first, then reads the group, its streams, the
 recent stats buckets and the alert events from the tables, then applies the notifications
 that queued up meanwhile (duplicates are dropped by bucket time and ``(alert_id, type)``).
+What arrives together, and what a reconnect reads from the tables, is reported in the order
+it happened (:func:`~puppylog_watch.state.news_order`), not in the order it was sent.
 On a reconnect every alert event newer than the last one seen is replayed, so no alert or
 recovery is ever missed. A liveness probe (streams query with a timeout, every
 ``probe_interval`` seconds) detects a silently dead connection; reconnects back off up to
@@ -35,7 +37,7 @@ from puppylog_watch.models import (
     parse_payload,
 )
 from puppylog_watch.outage import Outage, connect_failed, session_failed
-from puppylog_watch.state import AlertEvent, StreamInfo, WatchState
+from puppylog_watch.state import AlertEvent, StreamInfo, WatchState, news_order
 from puppylogd import db
 from puppylogd.logs import mask_dsn
 
@@ -269,8 +271,8 @@ class Listener:
             while not stop.is_set():
                 if c.lost.is_set():
                     raise ConnectionError("the server closed the connection")
-                while not c.queue.empty():
-                    self._handle(*c.queue.get_nowait())
+                if not c.queue.empty():
+                    await self._deliver(conn, c.queue, [])
                 now = time.monotonic()
                 if now >= next_probe:
                     await asyncio.wait_for(self._probe(conn), self.probe_timeout)
@@ -286,7 +288,7 @@ class Listener:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if get_task in done:
-                    self._handle(*get_task.result())
+                    await self._deliver(conn, c.queue, [get_task.result()])
                 else:
                     get_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -349,15 +351,11 @@ class Listener:
             rows = await conn.fetch(
                 _NEWER_BUCKETS_SQL, self._group_id, latest.bucket, MAX_REPLAY_BUCKETS
             )
-        last_stats: tuple[StatsPayload, dict[str, Any]] | None = None
+        news: list[tuple[StatsPayload | AlertEvent, dict[str, Any]]] = []
         for r in rows:
             parsed = self._parse("stats_buckets", r[0])
-            if parsed is None or not isinstance(parsed[0], StatsPayload):
-                continue
-            if state.apply_stats(parsed[0]):
-                last_stats = (parsed[0], parsed[1])
-                if not first:
-                    self.sink.stats(parsed[0], parsed[1])
+            if parsed is not None and isinstance(parsed[0], StatsPayload):
+                news.append((parsed[0], parsed[1]))
         # Alert events: the recent ones on the first connect; every one newer than the last
         # seen after a reconnect (event times only grow, so nothing older can appear).
         since = state.last_event_at()
@@ -365,16 +363,25 @@ class Listener:
             rows = await conn.fetch(_RECENT_EVENTS_SQL, state.group, INITIAL_EVENTS)
         else:
             rows = await conn.fetch(_EVENTS_SINCE_SQL, state.group, since)
-        active_raw: dict[str, Any] | None = None
         for r in rows:
             parsed = self._parse("alert_events", r[0])
-            if parsed is None or isinstance(parsed[0], StatsPayload):
-                continue
-            if state.apply_alert(parsed[0]):
-                if isinstance(parsed[0], AlertPayload):
-                    active_raw = parsed[1]
+            if parsed is not None and not isinstance(parsed[0], StatsPayload):
+                news.append((parsed[0], parsed[1]))
+        # What was missed is told in the order it happened, not all buckets, then all alerts.
+        news.sort(key=lambda n: news_order(n[0]))
+        last_stats: tuple[StatsPayload, dict[str, Any]] | None = None
+        active_raw: dict[str, Any] | None = None
+        for payload, raw in news:
+            if isinstance(payload, StatsPayload):
+                if state.apply_stats(payload):
+                    last_stats = (payload, raw)
+                    if not first:
+                        self.sink.stats(payload, raw)
+            elif state.apply_alert(payload):
+                if isinstance(payload, AlertPayload):
+                    active_raw = raw
                 if not first:
-                    self.sink.alert(parsed[0], parsed[1])
+                    self.sink.alert(payload, raw)
         if first:
             active = state.active_alert
             self.sink.initial(
@@ -394,22 +401,55 @@ class Listener:
             self.sink.warn(f"skipped a payload from {source}: {exc}")
             return None
 
-    def _handle(self, channel: str, text: str) -> None:
-        parsed = self._parse(channel, text)
-        if parsed is None:
-            return
-        payload, raw = parsed
-        if payload.group != self.state.group:
-            return
-        if isinstance(payload, StatsPayload):
-            if channel != "puppylog_stats":
-                self.sink.warn(f"skipped a stats payload on channel {channel}")
-            elif self.state.apply_stats(payload):
-                self.sink.stats(payload, raw)
-        elif channel != "puppylog_alerts":
-            self.sink.warn(f"skipped an alert payload on channel {channel}")
-        elif self.state.apply_alert(payload):
-            self.sink.alert(payload, raw)
+    async def _deliver(
+        self,
+        conn: asyncpg.Connection,
+        queue: asyncio.Queue[tuple[str, str]],
+        batch: list[tuple[str, str]],
+    ) -> None:
+        """Handle ``batch`` and what else has arrived, in the order it happened.
+
+        One advance of the daemon announces its alerts before its buckets, and a catch-up
+        after an outage can be hundreds of notifications, which arrive in more than one read.
+        When an alert is among them, a round trip first: the server sends the rest of that
+        transaction's notifications before the answer, so the batch holds all of them.
+        """
+        batch.extend(_drain(queue))
+        if any(channel == "puppylog_alerts" for channel, _ in batch):
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.probe_timeout)
+            batch.extend(_drain(queue))
+        self._handle_batch(batch)
+
+    def _handle_batch(self, batch: list[tuple[str, str]]) -> None:
+        """Apply the notifications of ``batch`` to the state in event-time order, and report."""
+        news: list[tuple[StatsPayload | AlertEvent, dict[str, Any]]] = []
+        for channel, text in batch:
+            parsed = self._parse(channel, text)
+            if parsed is None:
+                continue
+            payload, raw = parsed
+            if payload.group != self.state.group:
+                continue
+            wanted = "puppylog_stats" if isinstance(payload, StatsPayload) else "puppylog_alerts"
+            if channel != wanted:
+                kind = "stats" if isinstance(payload, StatsPayload) else "alert"
+                self.sink.warn(f"skipped a {kind} payload on channel {channel}")
+                continue
+            news.append((payload, raw))
+        news.sort(key=lambda n: news_order(n[0]))
+        for payload, raw in news:
+            if isinstance(payload, StatsPayload):
+                if self.state.apply_stats(payload):
+                    self.sink.stats(payload, raw)
+            elif self.state.apply_alert(payload):
+                self.sink.alert(payload, raw)
+
+
+def _drain(queue: asyncio.Queue[tuple[str, str]]) -> list[tuple[str, str]]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -8,9 +8,22 @@ from datetime import datetime, timedelta
 
 from puppylog_watch.models import AlertPayload, RecoveryPayload, StatsPayload
 
-__all__ = ["AlertEvent", "StreamInfo", "WatchState"]
+__all__ = ["AlertEvent", "StreamInfo", "WatchState", "news_order"]
 
 AlertEvent = AlertPayload | RecoveryPayload
+
+
+def news_order(p: StatsPayload | AlertEvent) -> tuple[datetime, int]:
+    """Return the sort key that puts buckets and alerts in the order they happened.
+
+    A bucket is news when its last second closes, an alert or recovery when its own second
+    does; on a tie the alert comes first. That is the order a daemon that keeps up announces
+    them in, one second at a time, so a catch-up reads like the live feed it replaces.
+    """
+    if isinstance(p, StatsPayload):
+        return p.bucket + timedelta(seconds=p.seconds), 1
+    return p.at + timedelta(seconds=1), 0
+
 
 MAX_BUCKETS = 360  # one hour of 10-second buckets
 MAX_EVENTS = 200

@@ -120,6 +120,27 @@ def burst_lines(start: datetime, quiet_after: int = 60) -> bytes:
     return b"".join(schedule_lines(phases, start, seed=11, malformed_share=0.0))
 
 
+def news_times(lines: list[str]) -> list[tuple[datetime, int]]:
+    """Return when each plain line's news happened: a bucket at its end, an alert at its second.
+
+    On a tie the alert is first (0), as a daemon that keeps up announces them.
+    """
+    keys = []
+    for line in lines:
+        if " stats group=" in line:
+            start = datetime.fromisoformat(line.split(" ", 1)[0])
+            keys.append((start + timedelta(seconds=10), 1))
+        elif line.startswith((ALERT, RECOVERY)):
+            at = datetime.fromisoformat(line.rsplit(" at ", 1)[1])
+            keys.append((at + timedelta(seconds=1), 0))
+    return keys
+
+
+def assert_in_event_order(lines: list[str]) -> None:
+    keys = news_times(lines)
+    assert keys == sorted(keys), "\n".join(lines)
+
+
 def with_user(dsn: str, user: str) -> str:
     parts = urlsplit(dsn)
     host = parts.netloc.split("@", 1)[-1]
@@ -131,18 +152,28 @@ def test_watch_prints_stats_then_the_alert_and_later_the_recovery(
 ) -> None:
     log = tmp_path / "access.log"
     watch = Watch("--plain", "--dsn", db_dsn)
-    watches.append(watch)
+    js = Watch("--json", "--dsn", db_dsn)
+    watches.extend((watch, js))
     time.sleep(0.5)  # started before the group exists: it must still pick everything up
     append(log, burst_lines(recent(200)))
     with start_daemon(db_dsn, log, **FAST) as daemon:
         alert = watch.wait_line(lambda s: s.startswith(ALERT), timeout=60)
         recovery = watch.wait_line(lambda s: s.startswith(RECOVERY), timeout=60)
         assert alert < recovery
-        text = watch.text()
-        # One transaction closed all of it: its alert events are announced before its buckets.
+        # One transaction closed all of it, and announced its alert events before its
+        # buckets: shown in the order they happened, the buckets before the alert first.
         wait_for(lambda: sum(" stats group=default " in x for x in watch.text()) >= 15, 30)
         text = watch.text()
+        assert_in_event_order(text)
+        assert alert >= 2 and " stats group=" in text[alert - 1]  # the quiet 20 s before
         assert any("alert=firing" in line for line in text)
+        # --json prints the same payloads, in the same order.
+        wait_for(lambda: len(js.text()) >= len(text), 30, message=js.describe)
+        types = [json.loads(line)["type"] for line in js.text()[: len(text)]]
+        assert types == [
+            "stats" if " stats group=" in x else "alert" if x.startswith(ALERT) else "recovery"
+            for x in text
+        ]
         # The lines are the messages verbatim, as alert_history has them.
         stored = query_val(
             db_dsn,
@@ -203,6 +234,7 @@ def test_recovery_while_cut_off_is_shown_after_reconnect(
             20,
             message=watch.describe,
         )
+        before = len(watch.lines)
         # Meanwhile the traffic calms down and the alert recovers.
         append(log, data[cut:])
         run_once(db_dsn, log, **FAST)
@@ -211,8 +243,14 @@ def test_recovery_while_cut_off_is_shown_after_reconnect(
         assert not any(line.startswith(RECOVERY) for line in watch.text())
 
         query_val(db_dsn, f"ALTER ROLE {role} LOGIN")
-        watch.wait_line(lambda s: s.startswith(RECOVERY), timeout=30)
+        rec = watch.wait_line(lambda s: s.startswith(RECOVERY), timeout=30)
         assert any("reconnected" in e for e in watch.errors)
+        # The catch-up: what was missed, in the order it happened, not buckets, then alerts.
+        wait_for(
+            lambda: any(" stats " in x for x in watch.text()[rec:]), 10, message=watch.describe
+        )
+        assert rec > before and " stats " in watch.text()[rec - 1]
+        assert_in_event_order(watch.text()[before:])
         assert sum(line.startswith(ALERT) for line in watch.text()) == 1  # no duplicate
         assert watch.stop() == 0
     finally:

@@ -318,3 +318,78 @@ def test_a_long_group_name_is_cut_so_the_status_stays_in_an_80_column_header() -
     # With room to spare, nothing is cut.
     state.connected = True
     assert f" group {LONG_GROUP}  newest bucket 04:29:50 UTC" in header(state, 160)
+
+
+def advance_notifications() -> list[tuple[str, str]]:
+    """Return one catch-up advance as advance_group sends it: its alerts, then its buckets.
+
+    Buckets 04:29:40 to 04:33:20; the alert is at 04:30:00, the recovery at 04:33:10.
+    """
+    stats = []
+    for i in range(58, 81):
+        raw = json.loads(STATS)
+        raw["bucket"] = (T0 + timedelta(seconds=10 * i)).isoformat()
+        stats.append(("puppylog_stats", json.dumps(raw)))
+    return [("puppylog_alerts", ALERT), ("puppylog_alerts", RECOVERY), *stats]
+
+
+def chronological(lines: list[str]) -> list[str]:
+    """Return ``lines`` (plain output) labelled by what they are: ``s04:29:40``, ``alert``..."""
+    out = []
+    for line in lines:
+        if " stats group=" in line:
+            out.append("s" + line[11:19])
+        else:
+            out.append("alert" if "generated an alert" in line else "recovery")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["plain", "json"])
+def test_one_advance_is_shown_in_the_order_it_happened(mode: str) -> None:
+    """Buckets up to an alert, the alert, later buckets: not the alerts first, as sent."""
+    from puppylog_watch.listener import Listener
+
+    out, err = io.StringIO(), io.StringIO()
+    state = WatchState(group="default", connected=True, status="live")
+    listener = Listener(
+        "postgresql://unused@/x", state, LineSink(out, err, json_mode=mode == "json")
+    )
+    listener._handle_batch(advance_notifications())
+    lines = out.getvalue().splitlines()
+    if mode == "json":
+        assert [json.loads(line)["type"] for line in lines][:4] == [
+            "stats", "stats", "alert", "stats"
+        ]  # fmt: skip
+        lines = [
+            plain_alert(m) if not isinstance(m := parse_payload(line)[0], StatsPayload)
+            else plain_stats(m)
+            for line in lines
+        ]  # fmt: skip
+    shown = chronological(lines)
+    buckets = [f"s{(T0 + timedelta(seconds=10 * i)).time()}" for i in range(58, 81)]
+    # A bucket is news at its end: the one holding the alert's second comes after it.
+    assert shown == [*buckets[:2], "alert", *buckets[2:21], "recovery", *buckets[21:]]
+    assert err.getvalue() == ""
+
+
+def test_the_live_view_never_draws_an_alert_ahead_of_the_buckets_before_it() -> None:
+    """Every redraw of a catch-up shows a state that was true at some moment, in order."""
+    from puppylog_watch.app import LiveSink
+    from puppylog_watch.listener import Listener
+
+    state = WatchState(group="default", connected=True, status="live")
+    state.apply_stats(stats_at(57, 4.0))  # 04:29:30, seen before the outage
+    frames: list[tuple[str, bool]] = []
+
+    class Live:
+        def refresh(self) -> None:
+            assert state.latest is not None
+            frames.append((f"{state.latest.bucket:%H:%M:%S}", state.active_alert is not None))
+            render(state, 80, 24)  # and it draws
+
+    listener = Listener("postgresql://unused@/x", state, LiveSink(Live(), state))  # type: ignore[arg-type]
+    listener._handle_batch(advance_notifications())
+    banner_from = next(i for i, (_, firing) in enumerate(frames) if firing)
+    assert frames[banner_from] == ("04:29:50", True)  # the buckets before the alert were in
+    assert frames[0] == ("04:29:40", False)
+    assert frames[-1] == ("04:33:20", False)  # and it recovered

@@ -50,10 +50,38 @@ def _choices(info: FieldInfo) -> tuple[str, ...] | None:
     return None
 
 
+# Settings that may hold a secret: their help never shows a value, not even a computed one.
+_SECRET_SETTINGS = frozenset({"dsn", "dsn_file"})
+
+
+def _default_text(name: str, info: FieldInfo) -> str:
+    """Return a setting's default as the README's table spells it (``10``, ``false``, ``unset``).
+
+    The model's default, never the environment's value: help must not show a DSN from
+    PUPPYLOG_DSN, nor pass a setting someone made for the default.
+    """
+    if info.default_factory is not None and name not in _SECRET_SETTINGS:
+        value = info.default_factory()  # type: ignore[call-arg]
+    elif info.default_factory is None and name not in _SECRET_SETTINGS:
+        value = info.default
+    else:
+        value = None
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _field_help(name: str, info: FieldInfo) -> str:
     env = f"PUPPYLOG_{name.upper()}"
     text = info.description or ""
-    return f"{text} (env {env})".strip()
+    default = _default_text(name, info).replace("%", "%%")  # argparse %-formats help
+    return f"{text} (env {env}; default {default})".strip()
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] = ()) -> None:
@@ -227,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="puppylogd",
         description="Tail HTTP access logs into PostgreSQL; stats and alerts in the database.",
+        epilog="The settings, with their defaults and PUPPYLOG_* variables: puppylogd run --help.",
     )
     parser.add_argument("--version", action="version", version=f"puppylogd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

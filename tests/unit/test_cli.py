@@ -83,3 +83,40 @@ def test_a_switch_set_in_the_environment_can_be_turned_off_by_a_flag(
     assert cli.settings_from_args(parser.parse_args(["run"])).once is True
     assert cli.settings_from_args(parser.parse_args(["run", "--no-once"])).once is False
     assert cli.settings_from_args(parser.parse_args(["run", "--from-end"])).from_end is True
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+def test_help_shows_every_settings_default_but_no_secret(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's defaults, as the README's table has them; never the environment's values."""
+    from puppylogd.config import Settings
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("PUPPYLOG_DSN", "postgresql://alice:s3cret@db.example.com/puppylog")
+    monkeypatch.setenv("PUPPYLOG_THRESHOLD", "7")
+    text = _help(capsys, "run")
+    for name in Settings.model_fields:
+        assert f"(env PUPPYLOG_{name.upper()}; default " in text, name
+    for name, default in {
+        "DSN": "unset",
+        "DSN_FILE": "unset",
+        "THRESHOLD": "10",  # not the 7 of the environment
+        "RECOVERY_THRESHOLD": "unset",
+        "LOG_FILES": "/tmp/access.log",
+        "ONCE": "false",
+        "POLL_INTERVAL": "0.1",
+        "BATCH_LINES": "20000",
+        "LOG_LEVEL": "info",
+    }.items():
+        assert f"(env PUPPYLOG_{name}; default {default})" in text, name
+    assert "s3cret" not in text and "db.example.com" not in text
+    assert "puppylogd run --help" in _help(capsys)  # the top level says where they are
+    migrate = _help(capsys, "migrate")
+    assert "(env PUPPYLOG_DSN; default unset)" in migrate and "s3cret" not in migrate

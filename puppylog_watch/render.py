@@ -116,6 +116,17 @@ def chart_columns(width: int) -> int:
     return max(width - CHART_LABEL_WIDTH, 1)
 
 
+def _axis_label(value: float) -> str:
+    """Return ``value`` in the chart's five label columns (``29.5``, `` 2913``, `` 123k``)."""
+    if value < 999.95:
+        return f"{value:5.1f}"
+    if value < 99_999.5:
+        return f"{value:5.0f}"
+    if value < 9_999_500:
+        return f"{value / 1e3:4.0f}k"
+    return f"{value / 1e6:4.0f}M"
+
+
 def chart(values: Sequence[float], threshold: float | None, width: int, height: int) -> Text:
     """Return a bar chart of ``values`` (newest right), ``height`` rows, threshold drawn in.
 
@@ -135,11 +146,11 @@ def chart(values: Sequence[float], threshold: float | None, width: int, height: 
     for r in range(height):
         base = (height - 1 - r) * step
         if r == thr_row and threshold is not None:
-            out.append(f"{threshold:5.1f}┤", style="bold yellow")
+            out.append(f"{_axis_label(threshold)}┤", style="bold yellow")
         elif r == 0:
-            out.append(f"{top:5.1f}┤", style="dim")
+            out.append(f"{_axis_label(top)}┤", style="dim")
         elif r == height - 1:
-            out.append(f"{0:5.1f}┤", style="dim")
+            out.append(f"{_axis_label(0)}┤", style="dim")
         else:
             out.append("     │", style="dim")
         out.append(" ")
@@ -242,8 +253,9 @@ def _avg_line(state: WatchState) -> Text:
     end = (latest.bucket + timedelta(seconds=latest.seconds)).astimezone(UTC)
     t.append(f" {span} avg to {end:%H:%M:%S} ")
     t.append(f"{latest.avg:.2f} req/s", style="bold red" if over else "bold green")
-    t.append(f" vs threshold {latest.threshold:g}")
     t.append("  ABOVE" if over else "  below", style="red" if over else "green")
+    t.append(f" threshold {latest.threshold:g}")
+    # Last, so that at 80 columns only this is cut when the numbers grow long.
     t.append(f"   last bucket {latest.rps:.1f} req/s")
     return t
 
@@ -379,7 +391,9 @@ class WatchView:
         parts.append(Layout(chart(values, state.threshold, width, chart_h), size=chart_h))
         parts.append(Layout(_avg_line(state), size=1))
         mid = Layout(size=mid_h)
-        left_w = max(width // 2, 38)
+        # At 80 columns the traffic panel needs the wider half for its status counts; the
+        # section names are short (a path up to its second "/").
+        left_w = max(min(width // 2, width - 46), 34)
         mid.split_row(
             Layout(
                 Panel(

@@ -171,10 +171,28 @@ def test_live_view_shows_its_parts_during_an_alert(width: int, height: int) -> N
     assert "top sections" in text and "/pages" in text and "41%" in text  # 50 of 123
     assert "threshold 10" in text and "10.0┤" in text  # threshold drawn on the chart
     assert "█" in text and "╌" in text  # bars and the threshold line
-    assert "2-min avg to 04:30:00 12.01 req/s vs threshold 10" in text  # the bucket's end
+    assert "2-min avg to 04:30:00 12.01 req/s  ABOVE threshold 10" in text  # the bucket's end
     assert "2xx 100" in text and "16.3%" in text and "12 hosts" in text
     assert "web1:/tmp/access.log" in text and "lag 0 B" in text
     assert "group default" in text and "newest bucket 04:29:50 UTC" in text
+
+
+def test_an_80_column_screen_shows_every_status_class_and_the_whole_average_line() -> None:
+    """A busy bucket's four status counts and the average line fit 80 columns uncut."""
+    state = alert_state()
+    status = {"2xx": 8412, "3xx": 903, "4xx": 511, "5xx": 74, "other": 0}  # 990 req/s
+    state.apply_stats(stats_at(60, 990.0, status=status, hits=9900))
+    text = render(state, 80, 24)
+    assert "2xx 8412 3xx 903 4xx 511 5xx 74" in text
+    assert "2-min avg to 04:30:10 12.01 req/s  ABOVE threshold 10   last bucket 990.0 req/s" in text
+
+
+@pytest.mark.parametrize("top", [29.5, 990.0, 2913.3, 123_456.0, 12_345_678.0])
+def test_chart_labels_keep_the_bars_in_line_whatever_the_values(top: float) -> None:
+    """Every row of the chart starts its bars in the same column, also above 1,000 req/s."""
+    rows = chart([1.0, top], 10.0, 40, 6).plain.splitlines()
+    assert {row[5] for row in rows} <= {"┤", "│"}, rows
+    assert all(len(row) == 40 for row in rows), rows
 
 
 def test_live_view_without_alert_or_data() -> None:

@@ -299,7 +299,7 @@ class StreamIngest:
         return decision
 
     def _warn_of_loss(self) -> None:
-        """Log at warning level why the tailer's last open may have lost lines, if it may."""
+        """Log at warning level why the tailer may have lost lines, if it may have."""
         warning = self._tailer.take_warning()
         if warning is not None:
             log.warning(warning, path=str(self.path), stream_id=self.stream_id)
@@ -338,6 +338,8 @@ class StreamIngest:
         previous batch keeps streaming while this one is parsed: the daemon parses on one
         core while PostgreSQL stores on the other, instead of taking turns.
         """
+        if chunk.event:
+            self._warn_of_loss()  # e.g. truncated while being read, and no copy found
         # Where the reader stood when the chunk was read, before any yield: a batch's
         # watermark must not cover lines appended while it was being parsed.
         now = datetime.now(UTC)

@@ -40,16 +40,23 @@ Decisions:
   that way.  A checkpoint's file since compressed (recognised by its decompressed first
   bytes) cannot be read: ``take_warning`` says so, and the files rotated after it are read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
-  changing, restarts it at offset 0 (event ``"truncated"``).  Found so at ``open``, the
-  lines after the checkpoint are looked for in a copy among the rotated siblings (the
-  checkpoint's first bytes, at least its offset long): it is drained from the checkpoint,
-  then the siblings rotated after it, then the file from 0; with no copy,
-  ``take_warning`` says lines may be lost.
+  changing, is a truncation (event ``"truncated"``).  The lines after the position are
+  then looked for in a copy among the rotated siblings (uncompressed, starting with the
+  bytes the fingerprint records, at least as long as what was read of the file: at
+  ``open``, the checkpoint's offset): the copy is read on from the position (bytes read
+  past it, not yet split into lines, are read again there), then the siblings rotated
+  after it, then the file at the path from 0.  This is the same while running (a reader
+  behind the writer, e.g. during a database outage) and at ``open``.  With no copy the
+  file is read again from 0 and ``take_warning`` says lines may be lost.
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
-  chunk's ``start`` is the last position on the old file, its ``end`` is on the new one.
-* The previous file of a rotation stays open so that a rewind to a position on it can
-  replay the rotation exactly; it is closed by the next rotation, by ``rewind``/
-  ``committed`` with a position on the current file, or by ``close``.
+  chunk's ``start`` is the last position on the old file, its ``end`` is on the new one
+  (for a truncation with a copy: the truncated file, then the copy).
+* The previous file of a rotation (or the truncated file whose copy is read) stays open
+  so that a rewind to a position on it can replay the switch exactly; it is closed by the
+  next switch, by ``rewind``/``committed`` with a position on the current file, or by
+  ``close``.  A position is on a file when the inode and the fingerprint match: after a
+  truncation the inode holds other lines, so a rewind to a position from before it goes
+  through the copy again (or through ``open``), never into the new content.
 """
 
 from __future__ import annotations
@@ -470,6 +477,21 @@ def _check_against(f: _File, cp: Position) -> str:
     return "ok"
 
 
+def _holds(f: _File | None, pos: Position) -> bool:
+    """Return whether ``pos`` is a position in the content ``f`` is reading.
+
+    The same inode is not enough: a file truncated and read again from 0 (in place, or
+    reopened at the path after its copy) keeps its inode, but not its lines before the
+    truncation. ``f``'s own fingerprint means ``pos`` was handed out while reading it (a
+    truncation not yet noticed is then handled as the reading goes on).
+    """
+    if f is None or f.ident != (pos.dev, pos.inode):
+        return False
+    if (pos.fp_len, pos.fingerprint) == (f.fp_len, f.fingerprint):
+        return True
+    return _check_against(f, pos) == "ok"
+
+
 def _end_of_last_line(fd: int, size: int, limit: int) -> int | None:
     """Return the offset after the last ``\\n`` before ``size`` (0 if there is none).
 
@@ -589,11 +611,10 @@ class Tailer:
                 self._chain = self._successors(copy.ident, _mtime(copy), {f.ident})
                 return f"resumed from copy {copy.name}"
             how = "truncated" if verdict == "truncated" else "rewritten in place"
-            where = " and ".join(str(directory) for directory, _ in self._locations())
             self._warning = (
                 f"{self.path} was {how} since the checkpoint (offset {checkpoint.offset}) "
-                f"and no copy of it found in {where}: lines written after the checkpoint "
-                "and before that may be lost; reading it from 0"
+                f"and no copy of it found in {self._looked_in()}: lines written after the "
+                "checkpoint and before that may be lost; reading it from 0"
             )
             return "truncated" if verdict == "truncated" else _REPLACED
         old = self._find_rotated(checkpoint)
@@ -628,11 +649,10 @@ class Tailer:
                 self._cur = f
             return f"checkpoint file compressed away ({name}): starting at 0"
         then = "the file at the path" if f is not None else "the path once it appears"
-        where = " and ".join(str(directory) for directory, _ in self._locations())
         self._warning = (
             f"checkpoint file of {self.path} not found (looked for inode {checkpoint.inode} "
-            f"in {where}): lines between the checkpoint (offset {checkpoint.offset}) and "
-            f"the rotation may be lost; reading {then} from 0"
+            f"in {self._looked_in()}): lines between the checkpoint (offset "
+            f"{checkpoint.offset}) and the rotation may be lost; reading {then} from 0"
         )
         if f is None:
             return "waiting for file"
@@ -640,10 +660,12 @@ class Tailer:
         return _REPLACED
 
     def take_warning(self) -> str | None:
-        """Return (once) why the last ``open`` may have lost lines; None if it did not.
+        """Return (once) why lines may have been lost since the last call; None if not.
 
-        Set when the checkpoint's lines could not all be found again: its file truncated,
-        rewritten or gone. The caller logs it at warning level.
+        Set by ``open`` (or a ``rewind`` that opens) when the checkpoint's lines could not
+        all be found again: its file truncated, rewritten or gone; and while reading, when
+        the file was truncated or rewritten and no copy of it found (the chunk with the
+        event ``"truncated"`` follows). The caller logs it at warning level.
         """
         warning, self._warning = self._warning, None
         return warning
@@ -660,6 +682,10 @@ class Tailer:
         if (real.parent, real.name) != places[0]:
             places.append((real.parent, real.name))
         return places
+
+    def _looked_in(self) -> str:
+        """Return the directories of ``_locations``, for a warning."""
+        return " and ".join(str(directory) for directory, _ in self._locations())
 
     def _siblings(self) -> list[tuple[str, str, os.stat_result]]:
         """Return ``(suffix, path, lstat)`` of every entry named like a rotated path.
@@ -814,25 +840,30 @@ class Tailer:
     def rewind(self, pos: Position) -> None:
         """Discard buffers and continue from ``pos``, a committed position.
 
-        ``pos`` must be on the current file, on the previous file of a rotation (which is
-        then replayed) or a previous chunk's start/end; anything else is treated like
-        ``open(pos)``.
+        ``pos`` must be on the current file, on the previous file of a rotation or
+        truncation (which is then replayed) or a previous chunk's start/end; anything
+        else (e.g. a position from before a truncation of the current file) is treated
+        like ``open(pos)``.
         """
         self._acc = None
         self._pending_event = None
         self._caught_up = False
         key = (pos.dev, pos.inode)
         cur, prev, nxt = self._cur, self._prev, self._next
-        if cur is not None and cur.ident == key:
+        if _holds(cur, pos):
+            assert cur is not None
             cur.seek(pos.offset)
             self._drop_prev()
-        elif prev is not None and prev.ident == key:
-            # Replay the rotation: drain the old file again, then switch to the current one.
+        elif _holds(prev, pos):
+            # Replay the switch: drain the old file again, then switch to the current one
+            # (a truncated one finds that its copy is the current one, see _truncated).
+            assert prev is not None
             if nxt is not None:
                 nxt.close()
             self._next, self._cur, self._prev = cur, prev, None
             prev.seek(pos.offset)
-        elif nxt is not None and nxt.ident == key:
+        elif _holds(nxt, pos):
+            assert nxt is not None
             self._drop_prev()
             if cur is not None:
                 cur.close()
@@ -858,7 +889,7 @@ class Tailer:
         Optional; without it the previous file of a rotation stays open until the next
         rotation, ``rewind`` to the current file, or ``close``.
         """
-        if self._cur is not None and self._cur.ident == (pos.dev, pos.inode):
+        if _holds(self._cur, pos):
             self._drop_prev()
 
     def _drop_prev(self) -> None:
@@ -977,11 +1008,11 @@ class Tailer:
                 break
             if f.take(max_items - acc.count, self.max_line_bytes, acc.lines, acc.too_long):
                 continue
-            if f.read(self.read_size):
+            if n := f.read(self.read_size):
                 # Cheap identity check on every read: a copy-truncated file that has grown
-                # past our offset again must restart at 0, not be read from the middle.
+                # past our offset again must not be read on from the middle.
                 if not f.prefix_ok():
-                    self._restart(f)
+                    self._truncated(f, f.read_off - n)
                 continue
             checked = self._check(f, immediate=immediate)
             if checked is not None:
@@ -1006,11 +1037,50 @@ class Tailer:
         self._cur = f
         return True
 
-    def _restart(self, f: _File) -> None:
-        """Start ``f`` again at offset 0 after a truncation (event "truncated")."""
+    def _truncated(self, f: _File, read_end: int) -> None:
+        """Go on after ``f`` was truncated or rewritten in place (event "truncated").
+
+        Its lines after the position may still be in a copy (logrotate ``copytruncate``)
+        holding at least the ``read_end`` bytes read from ``f`` before the truncation: they
+        are read from there, then the siblings rotated after the copy, then the file at the
+        path from 0, as ``open`` does for a checkpoint so truncated. ``f`` becomes the
+        previous file, so that a rewind to a position on it finds the copy again. With no
+        copy, ``f`` starts again at 0 and ``take_warning`` says lines may be lost.
+        """
+        # Not f.position(): lengthening the fingerprint now would read the new content.
+        seen = Position(f.dev, f.ino, read_end, f.fp_len, f.fingerprint)
+        copy: _File | None = None
+        if f.switch_event == "truncated" and self._next is not None:
+            copy, self._next = self._next, None  # a rewind into f: the copy found before
+        elif f.fp_len:  # an empty fingerprint would match any file
+            copy = self._find_copy(seen, f.ident)
+            if copy is not None:
+                for g in (self._next, *self._chain):
+                    if g is not None:
+                        g.close()
+                self._next = None
+                self._chain = self._successors(copy.ident, _mtime(copy), {f.ident})
         self._begin_event("truncated")
-        f.seek(0)
-        f.compute_fp()
+        if copy is None:
+            self._warning = (
+                f"{self.path} was truncated or rewritten while being read (at offset "
+                f"{f.pos}) and no copy of it found in {self._looked_in()}: lines "
+                "written after that offset and before the truncation may be lost; reading "
+                "it from 0"
+            )
+            f.seek(0)
+            f.compute_fp()
+            return
+        # Read again from the last line boundary: the bytes of f read past it are in the
+        # copy too (and, read after the truncation, may be the new content).
+        copy.seek(f.pos)
+        if f.skip_head is not None:
+            copy.skip_head = b""  # f.pos is the start of the line too long: skip it again
+            copy.skip_emit = f.skip_emit
+        f.switch_event = "truncated"
+        self._drop_prev()
+        self._prev = f
+        self._cur = copy
 
     def _check(self, f: _File, *, immediate: bool) -> str | None:
         """Handle end of file on ``f``: truncation, rotation, deletion.
@@ -1020,7 +1090,7 @@ class Tailer:
         """
         st = os.fstat(f.fd)
         if st.st_size < f.read_off or (st.st_size != f.checked_size and not f.prefix_ok()):
-            self._restart(f)
+            self._truncated(f, f.read_off)
             return None
         f.checked_size = st.st_size
         if st.st_size > f.read_off:

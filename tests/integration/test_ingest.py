@@ -241,9 +241,14 @@ def test_rename_rotation_and_copytruncate_while_running(db_dsn: str, tmp_path: P
         events = [entry.get("event_") for entry in logged]
     assert_exactly(db_dsn, n)
     assert n == 3350
-    # The daemon saw each change for what it was (not, say, a replaced file read from 0).
-    assert events.count("rotated") == 1, events
+    # The daemon saw each change for what it was (not, say, a replaced file read from 0):
+    # after the first copytruncate it went on in the copy, then back to the path ("rotated").
+    assert events.count("rotated") == 2, events
     assert events.count("truncated") == 2, events
+    # The second truncation had no copy: lines written just before it may be lost.
+    (warning,) = [e["event"] for e in logged if "may be lost" in e["event"]]
+    assert warning.startswith(f"{log} was truncated or rewritten while being read"), warning
+    assert f"no copy of it found in {tmp_path}" in warning, warning
 
 
 def test_partial_line_is_stored_once_completed(db_dsn: str, tmp_path: Path) -> None:
@@ -324,6 +329,49 @@ def test_database_restart_and_terminated_backends(
     assert n == 102_500
     assert "waiting for database" in out
     assert "database connection lost" in out
+
+
+def test_copytruncate_during_a_database_outage(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """The reader is behind (the database is down) when the file is copied and truncated:
+    the lines it had not read yet are read from the copy, each stored once."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "access.log"
+    n = 0
+
+    def write(count: int) -> None:
+        nonlocal n
+        append(log, clf_lines(n, count, recent(30)))
+        n += count
+
+    write(1000)
+    with start_daemon(dsn, log, batch_lines=1000, **LIVE) as daemon:
+        wait_rows(dsn, 1000)
+        cluster.stop()
+        wait_for(
+            lambda: "waiting for database" in daemon.output(),
+            20,
+            message=lambda: "the daemon noticed the outage\n" + daemon.output()[-3000:],
+        )
+        # More than the reader holds while it cannot store (a few batches, one read of
+        # 1 MiB): the rest is only in the copy once the file is truncated.
+        write(30_000)
+        assert log.stat().st_size > 2 << 20
+        time.sleep(0.5)
+        shutil.copyfile(log, tmp_path / "access.log.1")
+        os.truncate(log, 0)
+        write(300)  # shorter than what was read: a truncation by size
+        cluster.start()
+        write(200)
+        wait_rows(dsn, n, timeout=60, daemon=daemon)
+        daemon.assert_running()
+        assert daemon.stop() == 0, daemon.output()[-3000:]
+        out = daemon.output()
+    assert_exactly(dsn, n)
+    assert n == 31_500
+    assert "may be lost" not in out
 
 
 def test_from_end_skips_existing_lines_on_first_start(db_dsn: str, tmp_path: Path) -> None:

@@ -170,7 +170,8 @@ async def test_read_available_switches_rotated_file_without_grace(tmp_path: Path
     t.close()
 
 
-async def test_copytruncate_restarts_at_zero(tmp_path: Path) -> None:
+async def test_copytruncate_when_caught_up_goes_on_at_zero(tmp_path: Path) -> None:
+    """Nothing left to read in the copy: on to the truncated file, from 0."""
     p = tmp_path / "access.log"
     p.write_bytes(b"aaaa\n" * 10)
     t = make(p)
@@ -182,11 +183,15 @@ async def test_copytruncate_restarts_at_zero(tmp_path: Path) -> None:
     append(p, b"n1\nn2\n")
     chunks = await collect(t, 2)
     assert lines_of(chunks) == [b"n1", b"n2"]
+    # Through the copy (nothing after offset 50 there), then back to the path.
+    assert [c.event for c in chunks if c.event] == ["truncated", "rotated"]
     assert chunks[0].event == "truncated"
     assert chunks[0].start == before[-1].end
     assert chunks[0].start.offset == 50
+    assert chunks[0].end.inode == (tmp_path / "access.log.1").stat().st_ino
     assert chunks[-1].end.offset == 6
     assert chunks[-1].end.inode == p.stat().st_ino
+    assert t.take_warning() is None
     t.close()
 
 
@@ -462,6 +467,25 @@ async def test_rewind_reproduces_the_same_chunks(tmp_path: Path) -> None:
     t.rewind(chunks[2].start)
     again = drain(t, max_lines=3)
     assert again == chunks[2:]
+    t.close()
+
+
+async def test_rewind_across_a_truncation_in_place_reads_the_file_from_0(tmp_path: Path) -> None:
+    """A position from before the truncation is not in the file any more: not a seek."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\na2\n")
+    t = make(p)
+    t.open(None)
+    before = drain(t, max_lines=1)
+    os.truncate(p, 0)
+    append(p, b"second generation 1\nsecond generation 2\n")  # past the old offset
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"second generation 1", b"second generation 2"]
+    assert chunks[0].start == before[-1].end
+    assert t.take_warning() is not None  # no copy: a2 may have been followed by lost lines
+    # The same inode, read from 0 again: a rewind to before the truncation reads all of it.
+    t.rewind(before[-1].start)
+    assert lines_of(drain(t)) == lines_of(chunks)
     t.close()
 
 

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from puppylogd.tailer import Chunk, Position, Tailer
+from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Position, Tailer
 from tests.unit.test_tailer import append, drain
 from tests.unit.test_tailer import make as make_tailer
 
@@ -436,4 +436,193 @@ def test_truncated_while_stopped_without_a_copy_warns(tmp_path: Path) -> None:
     assert "may be lost" in warning
     assert "no copy of it found" in warning
     assert lines_of(drain(t)) == [b"b1"]
+    t.close()
+
+
+def behind(p: Path, data: bytes) -> tuple[Tailer, Chunk]:
+    """Write ``data`` to a new ``p`` and return a tailer that took only its first line.
+
+    The tailer has read all of ``data`` (one read) but split off one line: the rest is
+    buffered, read but not yet handed out.
+    """
+    p.write_bytes(data)
+    t = make(p)
+    t.open(None)
+    first = t.read_available(1)
+    assert first is not None
+    assert len(first.lines) == 1
+    return t, first
+
+
+def test_copytruncate_while_running_behind_reads_the_rest_from_the_copy(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\na3\n")
+    append(p, b"a4\na5\n")  # never read before the copy
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\n")  # shorter than the offset read: a truncation by size
+    chunks = [first, *drain(t, max_lines=2)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"a3", b"a4", b"a5", b"b1"]
+    assert [c.event for c in chunks if c.event] == ["truncated", "rotated"]
+    assert_contiguous(chunks)
+    assert t.take_warning() is None
+    event = next(c for c in chunks if c.event == "truncated")
+    copy_ino = (tmp_path / "access.log.1").stat().st_ino
+    assert (event.start.inode, event.end.inode) == (p.stat().st_ino, copy_ino)
+    append(p, b"b2\n")
+    assert lines_of(drain(t)) == [b"b2"]
+    t.close()
+
+
+def test_copytruncate_while_running_regrown_past_the_offset(tmp_path: Path) -> None:
+    """The truncated file grew past the offset read before the tailer looked: the copy."""
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\n")
+    append(p, b"a3\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1 longer than all that was read before\n")
+    chunks = [first, *drain(t)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"a3", b"b1 longer than all that was read before"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+async def test_copytruncate_while_running_behind_with_grace(tmp_path: Path) -> None:
+    """The live loop (next_chunk, rotate grace) reads the copy, then the truncated file."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    chunks = [await t.next_chunk(100, 0.02)]
+    append(p, b"a2\na3\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1 b1\n")
+    async with asyncio.timeout(5):
+        while len(lines_of(chunks)) < 4:
+            chunks.append(await t.next_chunk(100, 0.02))
+    assert lines_of(chunks) == [b"a1", b"a2", b"a3", b"b1 b1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_two_copytruncates_while_running_behind_read_both_copies(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\nb2\n")
+    (tmp_path / "access.log.1").rename(tmp_path / "access.log.2")
+    copytruncate(p, "access.log.1")
+    append(p, b"c1\n")
+    chunks = [first, *drain(t)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"b1", b"b2", b"c1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_copytruncate_while_running_inside_a_line_too_long(tmp_path: Path) -> None:
+    """Behind inside a line too long: it is reported once, from the copy, whole."""
+    p = tmp_path / "access.log"
+    long = b"L" * 300
+    p.write_bytes(b"a1\n" + long[:150])
+    t = make_tailer(p, rotate_grace=0.05, max_line_bytes=100, read_size=64)
+    t.open(None)
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a1"]
+    append(p, long[150:] + b"\na2\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"a1", b"a2", b"b1"]
+    assert [x for c in chunks for x in c.too_long] == [long[:TOO_LONG_KEEP]]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_copytruncate_while_running_from_end_inside_a_line_too_long(tmp_path: Path) -> None:
+    """Started from the end inside a line too long: its rest is still dropped, from the copy."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n" + b"L" * 70_000)  # its start is too far back to be looked for
+    t = make_tailer(p, rotate_grace=0.05, max_line_bytes=100)
+    assert t.open(None, from_end=True) == "from end"
+    assert drain(t) == []
+    append(p, b"rest of it\na2\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\n")
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a2", b"b1"]
+    assert [x for c in chunks for x in c.too_long] == []
+    t.close()
+
+
+def test_copytruncate_while_running_rewind_and_restart_anywhere(tmp_path: Path) -> None:
+    """Every position handed out across the copy gives the same lines after, by rewind
+    (the ingest after a failed commit) or by a new tailer (a restart after a crash)."""
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\na3\n")
+    append(p, b"a4\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\nb2\n")
+    chunks = [first, *drain(t, max_lines=1)]
+    want = [b"a1", b"a2", b"a3", b"a4", b"b1", b"b2"]
+    assert lines_of(chunks) == want
+    assert_contiguous(chunks)
+    # Newest first: rewinds to the current file, the copy, then the truncated file.
+    for i in reversed(range(len(chunks))):
+        t.rewind(chunks[i].start)
+        again = drain(t, max_lines=1)
+        assert lines_of(again) == lines_of(chunks[i:]), i
+        assert again[0].start == chunks[i].start, i
+        assert_contiguous(again)
+    for i in range(len(chunks)):
+        t.rewind(chunks[i].start)
+        assert lines_of(drain(t, max_lines=1)) == lines_of(chunks[i:]), i
+    t.close()
+    for c in chunks:
+        restarted = make(p)
+        restarted.open(c.start)
+        assert restarted.take_warning() is None
+        assert lines_of(drain(restarted)) == lines_of([c, *chunks[chunks.index(c) + 1 :]])
+        restarted.close()
+
+
+def test_rewind_into_the_truncated_file_replays_the_switch_to_the_copy(tmp_path: Path) -> None:
+    """A rewind to the truncated file while in the copy finds the copy again."""
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\na3\n")
+    append(p, b"a4\na5\n")
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\n")
+    chunks = [first]
+    for _ in range(4):  # a2 and a3 (read before the truncation), a4 and a5 (in the copy)
+        chunk = t.read_available(1)
+        assert chunk is not None
+        chunks.append(chunk)
+    assert lines_of(chunks) == [b"a1", b"a2", b"a3", b"a4", b"a5"]
+    assert chunks[3].event == "truncated"
+    # Still in the copy: the truncated file is the previous one.
+    t.rewind(chunks[3].start)
+    assert [t.read_available(1), t.read_available(1)] == chunks[3:]
+    t.rewind(chunks[1].start)  # the lines before the event are now read from the copy
+    rest = drain(t, max_lines=1)
+    assert lines_of(rest) == [b"a2", b"a3", b"a4", b"a5", b"b1"]
+    assert rest[0].start == chunks[1].start
+    assert_contiguous(rest)
+    t.close()
+
+
+def test_truncated_while_running_without_a_copy_warns(tmp_path: Path) -> None:
+    p = tmp_path / "access.log"
+    t, _ = behind(p, b"a1\na2\n")
+    append(p, b"a3\n")
+    (tmp_path / "access.log.1").write_bytes(b"a1\n")  # same start, shorter: not a copy
+    os.truncate(p, 0)
+    append(p, b"b1\n")
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a2", b"b1"]  # a3 is lost: it was nowhere else
+    assert [c.event for c in chunks] == [None, "truncated"]
+    warning = t.take_warning()
+    assert warning is not None
+    assert f"{p} was truncated or rewritten while being read (at offset 6)" in warning
+    assert f"no copy of it found in {tmp_path}" in warning
+    assert "may be lost" in warning
+    assert t.take_warning() is None
     t.close()

@@ -31,14 +31,17 @@ Decisions:
   open until a new file appears at the path.
 * Rotations while stopped: when the checkpoint's file has been renamed (found by inode and
   fingerprint in the path's directory, and for a symlink in its target's too), it is
-  drained from the checkpoint, then the rotated siblings written after it
+  drained from the checkpoint, then the rotated siblings rotated after it
   (``<name>.<suffix>`` or logrotate's ``dateext`` ``<name>-<suffix>``, the suffix starting
-  with a digit, regular, not ``.gz``/``.bz2``/``.xz``/``.zst``, newer mtime; a smaller
-  counter when both suffixes are counters), oldest first, each from offset 0, and then the
-  file at the path: after two rotations the checkpoint's file is ``access.log.2`` and
-  ``access.log.1`` is read too.  A file read to its end since ``open`` is never read again
-  that way.  A checkpoint's file since compressed (recognised by its decompressed first
-  bytes) cannot be read: ``take_warning`` says so, and the files rotated after it are read.
+  with a digit, regular, not ``.gz``/``.bz2``/``.xz``/``.zst``), oldest first, each from
+  offset 0, and then the file at the path: after two rotations the checkpoint's file is
+  ``access.log.2`` and ``access.log.1`` is read too.  "After" is told by the names when
+  both tell: a smaller counter (``.1`` after ``.2``), a greater date of the same length
+  (logrotate requires ``dateext`` dates to sort by name); else by mtime, an equal one
+  counting as after (timestamps of a second or two give files rotated within one tick the
+  same).  A file read to its end since ``open`` is never read again that way.  A
+  checkpoint's file since compressed (recognised by its decompressed first bytes) cannot
+  be read: ``take_warning`` says so, and the files rotated after it are read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, is a truncation (event ``"truncated"``).  The lines after the position are
   then looked for in a copy among the rotated siblings (uncompressed, starting with the
@@ -434,16 +437,28 @@ def _is_counter(suffix: str) -> bool:
     return len(suffix) <= _COUNTER_DIGITS and suffix.isascii() and suffix.isdigit()
 
 
+def _is_date(suffix: str) -> bool:
+    """Return whether ``suffix`` is a date (``20261128``, ``2026-11-28``), not a counter."""
+    return suffix[:1].isdigit() and not _is_counter(suffix)
+
+
 def _rotated_after(suffix: str, mtime: int, ref_suffix: str | None, ref_mtime: int) -> bool:
     """Return whether sibling ``suffix`` was rotated after the file named ``ref_suffix``.
 
-    Two counters: the smaller one is newer (a higher counter is an older rotation even if it
-    was touched later). Otherwise (dates such as ``.20261128``, or the reference's name is
-    unknown because it was deleted) the later modification time is newer.
+    By name when both names tell: two counters, the smaller one is newer (a higher counter
+    is an older rotation even if it was touched later); two dates of the same length, the
+    greater one is newer (logrotate requires its ``dateext`` dates to sort by name). Else
+    (the reference's name is unknown because it was deleted, or one is a counter and the
+    other a date) by modification time, an equal one counting as newer: with timestamps of
+    a second or two, files rotated within one tick have the same, and skipping one loses
+    it. The caller skips a file already read (``Tailer._was_read``).
     """
-    if ref_suffix is not None and _is_counter(suffix) and _is_counter(ref_suffix):
-        return int(suffix) < int(ref_suffix)
-    return mtime > ref_mtime
+    if ref_suffix is not None:
+        if _is_counter(suffix) and _is_counter(ref_suffix):
+            return int(suffix) < int(ref_suffix)
+        if _is_date(suffix) and _is_date(ref_suffix) and len(suffix) == len(ref_suffix):
+            return suffix > ref_suffix
+    return mtime >= ref_mtime
 
 
 def _mtime(f: _File) -> int:
@@ -788,7 +803,7 @@ class Tailer:
     def _successors(
         self, ref: tuple[int, int], ref_mtime: int, exclude: set[tuple[int, int]]
     ) -> list[_File]:
-        """Open the rotated siblings written after file ``ref``, oldest first.
+        """Open the rotated siblings rotated after file ``ref``, oldest first.
 
         A sibling is a regular, uncompressed file named like a rotated path (``_siblings``),
         the suffix starting with a digit (a counter or a date), other than ``ref``, the
@@ -824,8 +839,12 @@ class Tailer:
                 f.close()
                 continue
             found.append((mtime, suffix, f))
-        if all(_is_counter(suffix) for _, suffix, _ in found):
+        # Oldest first, in the order of _rotated_after.
+        suffixes = [suffix for _, suffix, _ in found]
+        if all(_is_counter(suffix) for suffix in suffixes):
             found.sort(key=lambda item: -int(item[1]))
+        elif all(_is_date(suffix) for suffix in suffixes) and len(set(map(len, suffixes))) == 1:
+            found.sort(key=lambda item: item[1])
         else:
             found.sort(key=lambda item: (item[0], item[1]))
         return [f for _, _, f in found]

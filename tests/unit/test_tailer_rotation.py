@@ -16,6 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Position, Tailer
 from tests.unit.test_tailer import append, drain
 from tests.unit.test_tailer import make as make_tailer
@@ -125,7 +127,7 @@ def test_checkpoint_on_the_path_ignores_siblings(tmp_path: Path) -> None:
     t.close()
 
 
-def test_date_suffixes_are_ordered_by_mtime(tmp_path: Path) -> None:
+def test_date_suffixes_are_read_oldest_first(tmp_path: Path) -> None:
     p = tmp_path / "access.log"
     cp = checkpoint_after(p, b"a1\n")
     append(p, b"a2\n")
@@ -625,4 +627,86 @@ def test_truncated_while_running_without_a_copy_warns(tmp_path: Path) -> None:
     assert f"no copy of it found in {tmp_path}" in warning
     assert "may be lost" in warning
     assert t.take_warning() is None
+    t.close()
+
+
+def set_mtime(path: Path, mtime_ns: int) -> None:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+@pytest.mark.parametrize("later_ns", [0, -2_000_000_000], ids=["same mtime", "older mtime"])
+def test_dateext_siblings_are_ordered_by_name_not_mtime(tmp_path: Path, later_ns: int) -> None:
+    """Coarse timestamps (or a late write to the older file): the date in the name decides."""
+    p = tmp_path / "access.log"
+    (tmp_path / "access.log-20261101").write_bytes(b"an older rotation\n")
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    old = rotate_dateext(p, 26)
+    p.write_bytes(b"b1\n")
+    middle = rotate_dateext(p, 27)
+    p.write_bytes(b"c1\n")
+    last = rotate_dateext(p, 28)
+    p.write_bytes(b"d1\n")
+    mtime = old.stat().st_mtime_ns
+    set_mtime(tmp_path / "access.log-20261101", mtime)
+    set_mtime(middle, mtime + later_ns)
+    set_mtime(last, mtime + later_ns)
+    t = make(p)
+    assert t.open(cp) == "resumed from rotated file access.log-20261126"
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a2", b"b1", b"c1", b"d1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_same_mtime_as_a_deleted_file_is_read(tmp_path: Path) -> None:
+    """The old file was deleted, so only mtimes tell: an equal one is no proof of older."""
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\n")
+    mtime = p.stat().st_mtime_ns
+    p.unlink()  # the tailer still reads it through its descriptor
+    p.write_bytes(b"b1\n")
+    rotate(p)  # B is access.log.1
+    set_mtime(tmp_path / "access.log.1", mtime)
+    p.write_bytes(b"c1\n")
+    chunks = [first, *drain(t)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"b1", b"c1"]
+    assert [c.event for c in chunks if c.event] == ["replaced", "rotated"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_same_mtime_as_a_deleted_file_but_already_read_is_not_read_again(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    chunks = drain(t)
+    rotate(p)  # A is access.log.1, read to its end
+    p.write_bytes(b"b1\n")
+    chunks += drain(t)
+    mtime = p.stat().st_mtime_ns
+    p.unlink()
+    set_mtime(tmp_path / "access.log.1", mtime)
+    p.write_bytes(b"c1\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"a1", b"b1", b"c1"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_reader_behind_dateext_rotations_within_one_tick(tmp_path: Path) -> None:
+    """Rotated twice within one timestamp tick while the reader is behind: B is read."""
+    p = tmp_path / "access.log"
+    t, first = behind(p, b"a1\na2\n")
+    old = rotate_dateext(p, 27)
+    p.write_bytes(b"b1\n")
+    middle = rotate_dateext(p, 28)
+    p.write_bytes(b"c1\n")
+    set_mtime(middle, old.stat().st_mtime_ns)
+    chunks = [first, *drain(t)]
+    assert lines_of(chunks) == [b"a1", b"a2", b"b1", b"c1"]
+    assert_contiguous(chunks)
     t.close()

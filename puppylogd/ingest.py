@@ -41,7 +41,9 @@ BACKOFF_MAX = 10.0
 # future"). A stream's watermark follows its newest record, and a closed second can never
 # reopen: a line from a skewed clock an hour ahead would close an hour of seconds early and
 # make every genuine line of that hour late. Five minutes covers NTP-disciplined hosts and
-# buffered writers; the watermark is also clamped to the wall clock (``_watermark``).
+# buffered writers; the watermark is also clamped to the wall clock (``_watermark``), and
+# the database holds it to its own clock, which a whole host's fast clock cannot move
+# (heartbeat.sql, migration 0008).
 FUTURE_LIMIT = timedelta(minutes=5)
 # While a batch's transaction runs, check this often that its connection is still alive:
 # asyncpg can wait forever in a COPY whose backend was terminated.

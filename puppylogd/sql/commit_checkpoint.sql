@@ -1,11 +1,13 @@
 -- Move a stream's checkpoint over the batch just copied, in the same transaction, only if it
 -- still stands where this batch began (compare-and-set: no batch is ever applied twice).
+-- The watermark never passes the database's clock: a host whose clock is fast must not keep
+-- one that stays ahead of the other hosts' after its clock is set right (see heartbeat).
 UPDATE puppylog.log_streams SET
     dev = $4, inode = $5, byte_offset = $6, fp_len = $7, fingerprint = $8,
     lines_stored = lines_stored + $9,
     lines_rejected = lines_rejected + $10,
     max_ts = greatest(max_ts, $11),
-    watermark = greatest(watermark, $12),
+    watermark = greatest(watermark, CASE WHEN $12 > now() THEN now() ELSE $12 END),
     file_size = $13,
     caught_up = $14,
     heartbeat_at = now(),

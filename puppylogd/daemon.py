@@ -46,6 +46,29 @@ REGISTER_RETRY_MAX = 5.0
 
 CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *db.DB_ERRORS)
 
+# This host's clock differing from the database's by more than this is warned of: a record
+# counts at its host's timestamp, so hosts whose clocks disagree shift their traffic against
+# each other's, and a slow one holds the whole group's stats and alerts back.
+CLOCK_SKEW_WARN = timedelta(seconds=5)
+
+
+def clock_warning(offset: timedelta) -> str | None:
+    """Return what to tell the operator of a clock ``offset`` behind the database's, if anything."""
+    if abs(offset) <= CLOCK_SKEW_WARN:
+        return None
+    seconds = round(abs(offset.total_seconds()))
+    if offset > timedelta(0):
+        return (
+            f"this host's clock is {seconds} s behind the database's: its lines are dated "
+            f"{seconds} s before they happened and the group's stats and alerts wait for them, "
+            f"{seconds} s behind, for every host of the group; set the clock right (NTP)"
+        )
+    return (
+        f"this host's clock is {seconds} s ahead of the database's: its lines are dated "
+        f"{seconds} s after they happened and count when the group's time, which follows the "
+        "database's clock, gets there; set the clock right (NTP)"
+    )
+
 
 def is_file_error(exc: BaseException) -> bool:
     """Return whether ``exc`` is about a log file (not the database connection)."""
@@ -297,11 +320,26 @@ class Daemon:
         await self._control.execute(
             db.query("ensure_partitions"), today - timedelta(days=1), today + timedelta(days=2)
         )
+        await self._check_clock()
         if self.settings.retention_days:
             cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days)
             dropped = await self._control.fetchval(db.query("apply_retention"), cutoff)
             if dropped:
                 log.info("old partitions dropped", count=dropped, before=cutoff.isoformat())
+
+    async def _check_clock(self) -> None:
+        """Warn, naming this host and its files, when its clock disagrees with the database's."""
+        assert self._control is not None
+        offset = await db.clock_offset(self._control)
+        warning = clock_warning(offset)
+        if warning is not None:
+            log.warning(
+                warning,
+                host=self.settings.host,
+                group=self.settings.group,
+                files=[str(p) for p in self.settings.log_files],
+                offset_s=round(offset.total_seconds(), 1),
+            )
 
     async def _start_stream(self, path: Path) -> None:
         """Register one file's stream and start following it in its own named task.

@@ -104,6 +104,19 @@ async def connection_budget(conn: asyncpg.Connection) -> ConnectionBudget:
     return budget_from_row(dict(row))
 
 
+async def clock_offset(
+    conn: asyncpg.Connection, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> timedelta:
+    """Return the database's clock minus this host's (positive: this host's clock is slow).
+
+    Read halfway through the round trip, so it is off by at most half of one.
+    """
+    before = now()
+    theirs: datetime = await conn.fetchval(query("clock"))
+    after = now()
+    return theirs - (before + (after - before) / 2)
+
+
 # Kernel send buffer asked for on a local (Unix socket) connection that carries COPY: room for
 # most of a batch, so PostgreSQL keeps reading while the daemon's one thread parses the next
 # batch (bench/: bulk ingest +14 %). The kernel caps it at net.core.wmem_max, which only means

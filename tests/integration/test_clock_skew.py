@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from puppylogd import db as queries
+from puppylogd.daemon import clock_warning
 from tests.integration.helpers import append, clf_lines, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
@@ -190,3 +192,33 @@ async def test_a_stream_whose_fast_clock_is_set_right_holds_time_back_again(
     right_wm = (await db_now(db)).replace(microsecond=0) - LATENESS
     await db.execute(queries.query("heartbeat"), right, right_wm, 0, True)
     assert await closed_through(db) < set_right
+
+
+@pytest.mark.parametrize(("shift", "says"), [(-180, "180 s behind"), (180, "180 s ahead")])
+async def test_a_host_clock_off_from_the_database_is_measured_and_said(
+    db: asyncpg.Connection, shift: int, says: str
+) -> None:
+    """A daemon measures its clock against the database's and says how far off it is."""
+
+    def host_clock() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=shift)
+
+    offset = await queries.clock_offset(db, host_clock)
+    assert abs(offset.total_seconds() + shift) < 1.0
+    warning = clock_warning(offset)
+    assert warning is not None and says in warning and "NTP" in warning
+    assert clock_warning(await queries.clock_offset(db)) is None
+
+
+def test_a_daemon_whose_clock_is_right_says_nothing_of_it(db_dsn: str, tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.touch()
+    with start_daemon(db_dsn, log, host="web-a") as daemon:
+        for _ in range(200):  # the clock is read at start, before the streams open
+            daemon.assert_running()
+            if "stream opened" in daemon.output():
+                break
+            time.sleep(0.1)
+        assert daemon.stop() == 0
+        assert "stream opened" in daemon.output()
+        assert "host's clock" not in daemon.output()

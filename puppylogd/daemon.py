@@ -304,14 +304,27 @@ class Daemon:
         """Create the group and apply this daemon's alert settings to it."""
         assert self._control is not None
         s = self.settings
-        self.group_id = await self._control.fetchval(
-            db.query("register_group"),
-            s.group,
-            s.threshold,
-            s.recovery_threshold,
-            s.window_seconds,
-            s.heartbeat_timeout_seconds,
-        )
+        mine = {
+            "threshold": s.threshold,
+            "recovery_threshold": s.recovery_threshold,
+            "window_s": s.window_seconds,
+            "heartbeat_timeout_s": s.heartbeat_timeout_seconds,
+        }
+        row = await self._control.fetchrow(db.query("register_group"), s.group, *mine.values())
+        assert row is not None
+        self.group_id = row["id"]
+        changed = {k: [row[k], v] for k, v in mine.items() if row["existed"] and row[k] != v}
+        if changed:
+            # Every daemon of a group applies its settings at start and reload, so daemons
+            # configured differently overwrite each other's in turn: say so, or the alert
+            # rule changes with whichever host restarted last and nobody knows why.
+            log.warning(
+                "this daemon changed the group's alert settings (the last daemon to start or "
+                "reload sets them: give every daemon of the group the same)",
+                group=s.group,
+                host=s.host,
+                changed={k: f"{old} -> {new}" for k, (old, new) in changed.items()},
+            )
 
     async def _housekeeping_once(self) -> None:
         """Create partitions ahead (today and the next two days) and apply retention."""

@@ -230,6 +230,22 @@ def test_once_reads_a_known_file_rotated_away_from_its_path(db_dsn: str, tmp_pat
     assert (result.returncode, count_rows(db_dsn)) == (0, 8), result.stderr
 
 
+def test_a_daemon_changing_the_groups_alert_settings_says_so(db_dsn: str, tmp_path: Path) -> None:
+    """Daemons of one group set its alert rule in turn: one that changes it warns, naming it."""
+    path = tmp_path / "access.log"
+    path.write_bytes(clf_lines(0, 1, recent(60)))
+
+    def warned(result: Any) -> list[dict[str, Any]]:
+        events = [json.loads(line) for line in result.stderr.splitlines()]
+        return [e for e in events if e["event"].startswith("this daemon changed the group's")]
+
+    assert warned(run_once(db_dsn, path, host="a", threshold=20)) == []  # a new group
+    assert warned(run_once(db_dsn, path, host="a", threshold=20)) == []  # the same rule
+    [warning] = warned(run_once(db_dsn, path, host="b", threshold=10, window_seconds=60))
+    assert (warning["level"], warning["group"], warning["host"]) == ("warning", "default", "b")
+    assert warning["changed"] == {"threshold": "20.0 -> 10.0", "window_s": "120 -> 60"}
+
+
 def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(
     db_dsn: str, tmp_path: Path
 ) -> None:

@@ -173,7 +173,7 @@ async def raw_copy(b: Bench, name: str, rows: list[RecordRow]) -> float:
         t0 = time.perf_counter()
         for i in range(0, len(rows), BATCH_LINES):
             # Into the day partitions, as the daemon does (the parent would insert row by row).
-            _, by_day = split_by_day(rows[i : i + BATCH_LINES])
+            _, _, by_day = split_by_day(rows[i : i + BATCH_LINES])
             async with conn.transaction():
                 for day, day_rows in by_day:
                     await conn.copy_records_to_table(

@@ -759,6 +759,8 @@ class Daemon:
             self._rejects.flush()
         stored = sum(i.stats.stored for i in ingests)
         rejected = sum(i.stats.rejected for i in ingests)
+        # Said only when there are any: each stream has said where and why already.
+        late = {"late": n} if (n := sum(i.stats.late for i in ingests)) else {}
         reasons = dict(self._rejected_reasons.most_common())
         too_old = self._rejected_reasons["timestamp too old"]
         if too_old:
@@ -776,9 +778,10 @@ class Daemon:
                 rejected=rejected,
                 rejected_reasons=reasons,
                 unread=missing,
+                **late,
             )
             return 1
-        log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons)
+        log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons, **late)
         return 0
 
     def _task_died(self, task: asyncio.Task[Any], helpers: list[asyncio.Task[None]]) -> bool:

@@ -45,6 +45,9 @@ BACKOFF_MAX = 10.0
 # the database holds it to its own clock, which a whole host's fast clock cannot move
 # (heartbeat.sql, migration 0008).
 FUTURE_LIMIT = timedelta(minutes=5)
+SECOND = timedelta(seconds=1)
+# Rows found late are said at most this often per stream (the first at once), with a count.
+LATE_REPORT_SECONDS = 60.0
 # While a batch's transaction runs, check this often that its connection is still alive:
 # asyncpg can wait forever in a COPY whose backend was terminated.
 CONN_CHECK_SECONDS = 0.5
@@ -63,22 +66,22 @@ def partition_of(day: date) -> str:
 
 def split_by_day(
     rows: list[RecordRow],
-) -> tuple[datetime | None, list[tuple[date, list[RecordRow]]]]:
-    """Return the newest timestamp and the rows grouped by UTC day, days ascending.
+) -> tuple[datetime | None, datetime | None, list[tuple[date, list[RecordRow]]]]:
+    """Return the oldest and newest timestamps and the rows grouped by UTC day, days ascending.
 
     Rows are COPYed straight into their day's partition (see migration 0005): PostgreSQL
     inserts in batches into a plain table but row by row into the partitioned parent.
     """
     if not rows:
-        return None, []
+        return None, None, []
     stamps = list(map(itemgetter(0), rows))
     first, last = min(stamps), max(stamps)
     if first.date() == last.date():  # nearly always: a batch is seconds of one day
-        return last, [(last.date(), rows)]
+        return first, last, [(last.date(), rows)]
     by_day: dict[date, list[RecordRow]] = {}
     for row in rows:
         by_day.setdefault(row[0].date(), []).append(row)
-    return last, sorted(by_day.items())
+    return first, last, sorted(by_day.items())
 
 
 def _until_next_second() -> float:
@@ -126,6 +129,8 @@ class Batch:
     file_size: int | None
     # The rows again, by UTC day (ascending): one COPY per day partition.
     days: list[tuple[date, list[RecordRow]]] = field(default_factory=list)
+    # The oldest row's timestamp: only when it is in a closed second can a row be late.
+    min_ts: datetime | None = None
     # When ``caught_up`` was observed (when the chunk was read). A batch may wait long for
     # its commit (a stalled server): its watermark must be the wall clock of then, not of
     # the commit, or seconds whose lines are still unread would be closed.
@@ -140,6 +145,8 @@ class StreamStats:
     rejected: int = 0
     batches: int = 0
     lag_bytes: int = 0
+    # Rows stored after their second was closed: in the rollups, not in alerts or buckets.
+    late: int = 0
     last_progress: float = field(default_factory=time.monotonic)
 
 
@@ -197,6 +204,9 @@ class StreamIngest:
         self._conflicts = RateLimitedReporter(
             limit=1, interval=60.0, summary_event="checkpoint conflicts suppressed"
         )
+        self._late_unsaid = 0
+        self._late_closed: datetime | None = None
+        self._late_said_at = -LATE_REPORT_SECONDS
 
     # -- connection and synchronisation -------------------------------------------------
 
@@ -368,12 +378,13 @@ class StreamIngest:
                     line=raw,
                 )
             )
-        max_ts, days = split_by_day(rows)
+        min_ts, max_ts, days = split_by_day(rows)
         return Batch(
             chunk=chunk,
             rows=rows,
             rejected=rejected,
             max_ts=max_ts,
+            min_ts=min_ts,
             caught_up=caught_up,
             file_size=file_size,
             days=days,
@@ -500,7 +511,7 @@ class StreamIngest:
                     columns=REJECTED_COLUMNS,
                     records=[(self.stream_id, r.reason, r.detail, r.line) for r in batch.rejected],
                 )
-            moved = await conn.fetchval(
+            moved = await conn.fetchrow(
                 db.query("commit_checkpoint"),
                 self.stream_id,
                 committed.inode if committed is not None else None,
@@ -527,6 +538,9 @@ class StreamIngest:
         self._tailer.committed(end)
         self.stats.stored += len(batch.rows)
         self.stats.rejected += len(batch.rejected)
+        closed = moved["closed_through"]
+        if closed is not None and batch.min_ts is not None and batch.min_ts < closed + SECOND:
+            self._note_late(sum(1 for r in batch.rows if r[0] < closed + SECOND), closed)
         self.stats.batches += 1
         if batch.file_size is not None:
             self.stats.lag_bytes = max(0, batch.file_size - end.offset)
@@ -534,6 +548,29 @@ class StreamIngest:
         self._on_progress()
         for rejected in batch.rejected:
             self._on_rejected(self.path, rejected)
+
+    def _note_late(self, lines: int, closed_through: datetime) -> None:
+        """Count rows stored after their second closed; say so at most once a minute."""
+        self.stats.late += lines
+        self._late_unsaid += lines
+        self._late_closed = closed_through
+        if time.monotonic() - self._late_said_at >= LATE_REPORT_SECONDS:
+            self._say_late()
+
+    def _say_late(self) -> None:
+        """Log the late rows not yet said (a warning: they are missing from the alerts)."""
+        if self._late_unsaid:
+            log.warning(
+                "lines arrived after the group closed their second: stored and in the rollups, "
+                "but not in the alert decisions or the published buckets (a stream back after "
+                "its heartbeat timeout, a file loaded after newer ones, or a clock set back)",
+                path=str(self.path),
+                stream_id=self.stream_id,
+                lines=self._late_unsaid,
+                closed_through=self._late_closed.isoformat() if self._late_closed else None,
+            )
+        self._late_unsaid = 0
+        self._late_said_at = time.monotonic()
 
     async def _heartbeat(self, watermark: datetime | None = None) -> None:
         """Tell the database this stream is alive and how far its time has got."""
@@ -745,6 +782,7 @@ class StreamIngest:
     async def close(self) -> None:
         """Close the tailer and the connections."""
         self._conflicts.flush()
+        self._say_late()
         self._tailer.close()
         conns, self._conn, self._spare = (self._conn, self._spare), None, None
         for conn in conns:

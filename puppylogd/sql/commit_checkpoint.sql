@@ -15,4 +15,7 @@ UPDATE puppylog.log_streams SET
 WHERE id = $1
   AND inode IS NOT DISTINCT FROM $2
   AND byte_offset = $3
-RETURNING id
+-- The group's last closed second before this batch moves it on (the row triggers that
+-- advance the group run after RETURNING): rows at or before it came late.
+RETURNING id, (SELECT g.closed_through FROM puppylog.log_groups g WHERE g.id = group_id)
+    AS closed_through

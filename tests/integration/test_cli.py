@@ -246,6 +246,27 @@ def test_a_daemon_changing_the_groups_alert_settings_says_so(db_dsn: str, tmp_pa
     assert warning["changed"] == {"threshold": "20.0 -> 10.0", "window_s": "120 -> 60"}
 
 
+def test_lines_stored_after_their_second_closed_are_counted_and_said(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """A second host's file loaded after the first's: its lines of closed seconds come late."""
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_bytes(clf_lines(0, 5, recent(120)) + clf_lines(5, 5, recent(60)))
+    second.write_bytes(clf_lines(10, 3, recent(90)) + clf_lines(13, 2, recent(30)))
+
+    def run(path: Path, host: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        result = run_once(db_dsn, path, host=host)
+        events = [json.loads(line) for line in result.stderr.splitlines()]
+        said = [e for e in events if e["event"].startswith("lines arrived after the group")]
+        return said, next(e for e in events if e["event"] == "once: done")
+
+    said, done = run(first, "a")
+    assert (said, "late" in done) == ([], False)
+    said, done = run(second, "b")  # its 3 lines 90 s ago are before a's last second
+    assert [(e["level"], e["path"], e["lines"]) for e in said] == [("warning", str(second), 3)]
+    assert (done["stored"], done["late"], count_rows(db_dsn)) == (5, 3, 15)
+
+
 def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(
     db_dsn: str, tmp_path: Path
 ) -> None:

@@ -22,13 +22,13 @@ def test_partition_names_follow_ensure_partitions() -> None:
 
 
 def test_an_empty_batch_has_no_day() -> None:
-    assert split_by_day([]) == (None, [])
+    assert split_by_day([]) == (None, None, [])
 
 
 def test_a_one_day_batch_is_passed_through_whole() -> None:
     rows = [row(MIDNIGHT + timedelta(seconds=s)) for s in (5, 1, 9)]
-    newest, days = split_by_day(rows)
-    assert newest == MIDNIGHT + timedelta(seconds=9)
+    oldest, newest, days = split_by_day(rows)
+    assert (oldest, newest) == (MIDNIGHT + timedelta(seconds=1), MIDNIGHT + timedelta(seconds=9))
     assert days == [(MIDNIGHT.date(), rows)]
     assert days[0][1] is rows  # no copy in the common case
 
@@ -36,7 +36,8 @@ def test_a_one_day_batch_is_passed_through_whole() -> None:
 @given(st.lists(st.integers(min_value=-3 * 86400, max_value=3 * 86400), max_size=60))
 def test_rows_are_grouped_by_utc_day_in_order(offsets: list[int]) -> None:
     rows = [row(MIDNIGHT + timedelta(seconds=s), i) for i, s in enumerate(offsets)]
-    newest, days = split_by_day(rows)
+    oldest, newest, days = split_by_day(rows)
+    assert oldest == (min(r[0] for r in rows) if rows else None)
     assert newest == (max(r[0] for r in rows) if rows else None)
     assert [d for d, _ in days] == sorted({r[0].date() for r in rows})
     for day, group in days:

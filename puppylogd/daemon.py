@@ -215,6 +215,9 @@ class Daemon:
         self._ready_sent = False
         # The start waits for the daemon's own connection to the database.
         self._start_waiting = False
+        # The start has registered the group and started the streams (see reload).
+        self._started = False
+        self._reload_deferred = False
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -571,6 +574,14 @@ class Daemon:
         """
         if self._reload is None or self.stop.is_set():
             return
+        if not self._started:
+            # The start (which may wait long for the database) registers the group and
+            # starts a stream per file itself: a reload now would start a second stream per
+            # file beside them. It is applied once the start is done.
+            if not self._reload_deferred:
+                log.info("reload requested while starting: applied once started")
+            self._reload_deferred = True
+            return
         async with self._reload_lock:
             if self.stop.is_set():
                 return
@@ -817,6 +828,9 @@ class Daemon:
             group=self.settings.group,
             threshold=self.settings.threshold,
         )
+        self._started = True
+        if self._reload_deferred:
+            self._on_reload_signal()
         stopper = asyncio.create_task(self.stop.wait(), name="stop-wait")
         exit_code = 0
         try:

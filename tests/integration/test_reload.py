@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.conftest import ClusterFactory
+
 # Fixtures shared with the systemd tests.
 from tests.integration.test_daemon_systemd import (  # noqa: F401
     DaemonProc,
@@ -129,3 +131,37 @@ def test_a_bad_reload_keeps_the_running_configuration(
     events = assert_clean_json_logs(daemon)
     failed = [e for e in events if e["event"] == "reload failed; keeping the old configuration"]
     assert len(failed) == 1 and "threshold" in failed[0]["error"]
+
+
+def test_a_reload_while_the_start_waits_for_the_database_follows_each_file_once(
+    make_cluster: ClusterFactory,
+    workdir: Path,  # noqa: F811
+    notify: NotifySocket,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    """A SIGHUP before the start is done is applied after it, not as a second start."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    cluster.stop()
+    log_file = workdir / "a.log"
+    append(log_file, lines(0, 50))
+    env_file = workdir / "puppylogd.env"
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    daemon = spawn(["--dsn", dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
+    notify.wait("STATUS=waiting for database", timeout=30)  # READY too, under systemd
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=4\n", "utf-8")
+    daemon.send(signal.SIGHUP)
+    time.sleep(0.5)
+    cluster.start()
+    wait_for("the lines written before the start", lambda: stored(dsn) == (50, 50), timeout=30)
+    for start in range(50, 250, 20):
+        append(log_file, lines(start, 20))
+        time.sleep(0.05)
+    wait_for("every line", lambda: stored(dsn) == (250, 250))
+    wait_for("the reloaded threshold", lambda: query(dsn, THRESHOLD_SQL) == 4.0)
+    assert daemon.stop() == 0
+    names = [e["event"] for e in assert_clean_json_logs(daemon)]
+    assert names.count("stream opened") == 1, names
+    assert "could not register stream; retrying" not in names, names
+    assert not [n for n in names if n.startswith("checkpoint moved")], names
+    assert names.count("configuration reloaded") == 1, names

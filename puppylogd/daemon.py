@@ -212,6 +212,8 @@ class Daemon:
         self._streams_changed = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[None]] = set()
+        # Applies a reload's alert settings once the database is back (see reload).
+        self._group_retry: asyncio.Task[None] | None = None
         self._ready_sent = False
         # The start waits for the daemon's own connection to the database.
         self._start_waiting = False
@@ -613,12 +615,16 @@ class Daemon:
             new = new.model_copy(update={name: getattr(old, name) for name in fixed})
         self.settings = new
         try:
-            if self._control is None or self._control.is_closed():
-                self._control = await db.connect(self.dsn, application_name="puppylogd")
-            await self._register_group()
+            await self._update_group()
+        except db.CONNECTION_ERRORS as exc:
+            # Not lost: applied as soon as the database answers again.
+            log.warning(
+                "reload could not update the group now; retrying until the database is back",
+                error=str(exc),
+            )
+            self._retry_group_update()
         except db.DB_ERRORS as exc:
             log.error("reload could not update the group", error=str(exc))
-            self._control = None
         wanted = set(new.log_files)
         for path in list(self.streams):
             if path not in wanted:
@@ -647,6 +653,52 @@ class Daemon:
             recovery_threshold=new.recovery_threshold,
             window_seconds=new.window_seconds,
         )
+
+    async def _update_group(self) -> None:
+        """Apply the current alert settings to the group on the daemon's own connection."""
+        try:
+            if self._control is None or self._control.is_closed():
+                self._control = await db.connect(self.dsn, application_name="puppylogd")
+            await self._register_group()
+        except db.DB_ERRORS:
+            if self._control is not None:
+                self._control.terminate()
+            self._control = None
+            raise
+
+    def _retry_group_update(self) -> None:
+        """Keep applying the alert settings a reload read until the database takes them."""
+        if self._group_retry is None or self._group_retry.done():
+            task = asyncio.create_task(self._group_retry_loop(), name="group-update")
+            self._group_retry = task
+            self._reload_tasks.add(task)
+            task.add_done_callback(self._reload_tasks.discard)
+
+    async def _group_retry_loop(self) -> None:
+        delay = REGISTER_RETRY_START
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            delay = min(delay * 2, REGISTER_RETRY_MAX)
+            # Not beside a reload: both use the daemon's own connection (and a newer reload
+            # applies its settings itself).
+            async with self._reload_lock:
+                if self.stop.is_set():
+                    return
+                try:
+                    await self._update_group()
+                except db.CONNECTION_ERRORS:
+                    continue
+                except db.DB_ERRORS as exc:
+                    log.error("reload could not update the group", error=str(exc))
+                    return
+            log.info(
+                "group updated with the reloaded settings",
+                threshold=self.settings.threshold,
+                recovery_threshold=self.settings.recovery_threshold,
+                window_seconds=self.settings.window_seconds,
+            )
+            return
 
     async def _warn_if_short_of_connections(self, added: int) -> None:
         """Warn when the files a reload adds cannot all have a connection now."""

@@ -165,3 +165,34 @@ def test_a_reload_while_the_start_waits_for_the_database_follows_each_file_once(
     assert "could not register stream; retrying" not in names, names
     assert not [n for n in names if n.startswith("checkpoint moved")], names
     assert names.count("configuration reloaded") == 1, names
+
+
+def test_a_reload_while_the_database_is_down_reaches_the_group_once_it_is_back(
+    make_cluster: ClusterFactory,
+    workdir: Path,  # noqa: F811
+    notify: NotifySocket,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    """The new threshold is not only in the daemon's memory: the group gets it when it can."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log_file = workdir / "a.log"
+    env_file = workdir / "puppylogd.env"
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    daemon = spawn(["--dsn", dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
+    notify.wait("READY=1", timeout=30)
+    assert query(dsn, THRESHOLD_SQL) == 7.0
+    cluster.stop()
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=3\n", "utf-8")
+    hup = time.monotonic()
+    daemon.send(signal.SIGHUP)
+    notify.wait("READY=1", after=notify.wait("RELOADING=1", after=hup))
+    time.sleep(1.0)  # a retry or two against the stopped server
+    cluster.start()
+    wait_for("the reloaded threshold", lambda: query(dsn, THRESHOLD_SQL) == 3.0, timeout=30)
+    append(log_file, lines(0, 10))
+    wait_for("lines after the outage", lambda: stored(dsn) == (10, 10), timeout=30)
+    assert daemon.stop() == 0
+    events = assert_clean_json_logs(daemon)
+    names = [e["event"] for e in events]
+    assert names.count("group updated with the reloaded settings") == 1

@@ -207,6 +207,13 @@ class StreamIngest:
         self._late_unsaid = 0
         self._late_closed: datetime | None = None
         self._late_said_at = -LATE_REPORT_SECONDS
+        # A failure that is not the connection's (a read-only database, a full disk...) may
+        # repeat on every batch for as long as it lasts: said once a minute, retried ever
+        # more slowly (reset by a commit).
+        self._failures = RateLimitedReporter(
+            limit=1, interval=60.0, level="error", summary_event="batch failures suppressed"
+        )
+        self._retry_delay = BACKOFF_START
 
     # -- connection and synchronisation -------------------------------------------------
 
@@ -542,6 +549,7 @@ class StreamIngest:
         if closed is not None and batch.min_ts is not None and batch.min_ts < closed + SECOND:
             self._note_late(sum(1 for r in batch.rows if r[0] < closed + SECOND), closed)
         self.stats.batches += 1
+        self._retry_delay = BACKOFF_START
         if batch.file_size is not None:
             self.stats.lag_bytes = max(0, batch.file_size - end.offset)
         self.stats.last_progress = time.monotonic()
@@ -613,9 +621,16 @@ class StreamIngest:
         elif isinstance(exc, db.CONNECTION_ERRORS):
             log.warning("database connection lost", path=str(self.path), error=str(exc))
         else:
-            log.error("batch failed; will retry", path=str(self.path), error=repr(exc))
+            self._failures.report(
+                log, "batch failed; will retry", path=str(self.path), error=repr(exc)
+            )
         self._terminate_connections()
-        await asyncio.sleep(BACKOFF_START)
+        if isinstance(exc, db.CONNECTION_ERRORS):
+            delay = BACKOFF_START  # reconnecting backs off by itself
+        else:
+            delay = self._retry_delay
+            self._retry_delay = min(delay * 2, BACKOFF_MAX)
+        await asyncio.sleep(delay)
         await self._resync()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -783,6 +798,7 @@ class StreamIngest:
         """Close the tailer and the connections."""
         self._conflicts.flush()
         self._say_late()
+        self._failures.flush()
         self._tailer.close()
         conns, self._conn, self._spare = (self._conn, self._spare), None, None
         for conn in conns:

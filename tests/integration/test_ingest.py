@@ -374,6 +374,33 @@ def test_copytruncate_during_a_database_outage(
     assert "may be lost" not in out
 
 
+def test_a_read_only_database_is_said_once_and_retried_ever_more_slowly(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """A failure that is not the connection's repeats on every batch: one error, no flood."""
+    log = tmp_path / "access.log"
+    name = query_val(db_dsn, "SELECT current_database()")
+    admin = pg.with_database(db_dsn, "postgres")
+    append(log, clf_lines(0, 100, recent(30)))
+    with start_daemon(db_dsn, log, **LIVE) as daemon:
+        wait_rows(db_dsn, 100)
+        query_val(admin, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        terminate_daemon_backends(db_dsn)  # sessions from now on are read-only
+        append(log, clf_lines(100, 100, recent(30)))
+        time.sleep(5)
+        query_val(admin, f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        wait_rows(db_dsn, 200, timeout=30, daemon=daemon)
+        assert daemon.stop() == 0, daemon.output()[-3000:]
+        events = [json.loads(line) for line in daemon.output().splitlines()]
+    failed = [e for e in events if e["event"] == "batch failed; will retry"]
+    assert len(failed) == 1, len(failed)
+    assert "read-only transaction" in failed[0]["error"]
+    # Retried after 0.25, 0.5, 1, 2 s...: a handful of attempts in 5 s, not twenty.
+    (summary,) = [e for e in events if e["event"] == "batch failures suppressed"]
+    assert 1 <= summary["suppressed"] <= 5, summary
+    assert_exactly(db_dsn, 200)
+
+
 def test_from_end_skips_existing_lines_on_first_start(db_dsn: str, tmp_path: Path) -> None:
     """--from-end: what the file holds at first start is skipped, new lines are stored."""
     log = tmp_path / "access.log"

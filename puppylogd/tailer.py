@@ -49,7 +49,10 @@ Decisions:
   ``open``, the checkpoint's offset): the copy is read on from the position (bytes read
   past it, not yet split into lines, are read again there), then the siblings rotated
   after it, then the file at the path from 0.  This is the same while running (a reader
-  behind the writer, e.g. during a database outage) and at ``open``.  With no copy the
+  behind the writer, e.g. during a database outage) and at ``open``, also when the
+  truncated file has since been renamed by a rotation (its inode found under a rotated
+  name with other first bytes: its copy is drained, then it from 0 as a successor; with no
+  copy, it is read from 0).  With no copy the
   file is read again from 0 and ``take_warning`` says lines may be lost.
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
   chunk's ``start`` is the last position on the old file, its ``end`` is on the new one
@@ -632,22 +635,51 @@ class Tailer:
                 "checkpoint and before that may be lost; reading it from 0"
             )
             return "truncated" if verdict == "truncated" else _REPLACED
-        old = self._find_rotated(checkpoint)
-        if old is not None:
+        at_path = {f.ident} if f is not None else set()
+        found = self._find_rotated(checkpoint)
+        if found is not None and found[1] == "ok":
             # Drain the rotated file from the checkpoint; the usual rotation logic then
             # switches to the file at the path.
+            old = found[0]
             if f is not None:
                 f.close()
             old.seek(checkpoint.offset)
             self._cur = old
-            self._chain = self._successors(
-                old.ident, _mtime(old), {f.ident} if f is not None else set()
-            )
+            self._chain = self._successors(old.ident, _mtime(old), at_path)
             return f"resumed from rotated file {old.name}"
         packed = self._find_compressed(checkpoint)
+        if found is not None:
+            old, verdict = found
+            # Its inode under a rotated name, other first bytes: truncated (copytruncate),
+            # then renamed by a later rotation. The lines after the checkpoint are in a copy,
+            # and this file holds the lines written after the truncation: it is one of the
+            # copy's successors. (Unless the checkpoint's file was compressed, and its inode
+            # reused.)
+            copy = self._find_copy(checkpoint, old.ident)
+            if copy is not None or packed is None:
+                if f is not None:
+                    f.close()
+                if copy is not None:
+                    old.close()
+                    copy.seek(checkpoint.offset)
+                    self._cur = copy
+                    self._chain = self._successors(copy.ident, _mtime(copy), at_path)
+                    return f"resumed from copy {copy.name}"
+                how = "truncated" if verdict == "truncated" else "rewritten in place"
+                self._warning = (
+                    f"checkpoint file of {self.path}, now {old.name}, was {how} since the "
+                    f"checkpoint (offset {checkpoint.offset}) and no copy of it found in "
+                    f"{self._looked_in()}: lines written after the checkpoint and before "
+                    f"that may be lost; reading {old.name} from 0"
+                )
+                old.seek(0)
+                self._cur = old
+                self._chain = self._successors(old.ident, _mtime(old), at_path)
+                return "truncated" if verdict == "truncated" else _REPLACED
+            old.close()
         if packed is not None:
             name, ident, mtime = packed
-            chain = self._successors(ident, mtime, {f.ident} if f is not None else set())
+            chain = self._successors(ident, mtime, at_path)
             self._warning = (
                 f"checkpoint file of {self.path} was compressed to {name}, which cannot be "
                 f"read: its lines after the checkpoint (offset {checkpoint.offset}) may be "
@@ -739,8 +771,12 @@ class Tailer:
                 for entry in it:
                     yield name, entry
 
-    def _find_rotated(self, cp: Position) -> _File | None:
-        """Find the checkpoint's file by dev+inode+fingerprint next to the path (any name)."""
+    def _find_rotated(self, cp: Position) -> tuple[_File, str] | None:
+        """Find the checkpoint's file by dev+inode next to the path (any name).
+
+        Return it with ``_check_against``'s verdict: ``"ok"`` when it still starts with the
+        checkpoint's bytes, else it was truncated or rewritten before it was renamed.
+        """
         for _, entry in self._entries():
             try:
                 if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
@@ -750,8 +786,8 @@ class Tailer:
                 continue
             if f is None:
                 continue
-            if f.ident == (cp.dev, cp.inode) and _check_against(f, cp) == "ok":
-                return f
+            if f.ident == (cp.dev, cp.inode):
+                return f, _check_against(f, cp)
             f.close()
         return None
 

@@ -441,6 +441,49 @@ def test_truncated_while_stopped_without_a_copy_warns(tmp_path: Path) -> None:
     t.close()
 
 
+def test_copytruncate_then_a_rename_rotation_while_stopped_reads_every_file(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's file, truncated by a copytruncate, was then renamed by a rotation.
+
+    Its inode is found under the rotated name but with other first bytes: the lines after
+    the checkpoint are in the copy, the lines after the truncation in the renamed file.
+    """
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\na2\n")
+    append(p, b"a3\n")  # after the checkpoint, before the copy
+    copytruncate(p, "access.log.1")
+    append(p, b"b1\nb2\n")
+    rotate(p)  # the copy becomes .2, the truncated file .1
+    append(p, b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "resumed from copy access.log.2"
+    assert t.take_warning() is None
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"a3", b"b1", b"b2", b"c1"]
+    assert chunks[0].start == cp
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_truncated_then_renamed_while_stopped_without_a_copy_is_read_from_0(
+    tmp_path: Path,
+) -> None:
+    """No copy of the lines after the checkpoint: the renamed file is still read, with a warning."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\na2\n")
+    os.truncate(p, 0)
+    append(p, b"b1\n")
+    rotate(p)
+    append(p, b"c1\n")
+    t = make(p)
+    assert t.open(cp) == "truncated"
+    warning = t.take_warning()
+    assert warning is not None and "now access.log.1, was truncated" in warning, warning
+    assert lines_of(drain(t)) == [b"b1", b"c1"]
+    t.close()
+
+
 def behind(p: Path, data: bytes) -> tuple[Tailer, Chunk]:
     """Write ``data`` to a new ``p`` and return a tailer that took only its first line.
 

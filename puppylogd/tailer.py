@@ -624,10 +624,7 @@ class Tailer:
             copy = self._find_copy(checkpoint, f.ident)
             if copy is not None:
                 f.close()  # opened again, from 0, once the copy is read
-                copy.seek(checkpoint.offset)
-                self._cur = copy
-                self._chain = self._successors(copy.ident, _mtime(copy), {f.ident})
-                return f"resumed from copy {copy.name}"
+                return self._resume_from_copy(copy, checkpoint, {f.ident})
             how = "truncated" if verdict == "truncated" else "rewritten in place"
             self._warning = (
                 f"{self.path} was {how} since the checkpoint (offset {checkpoint.offset}) "
@@ -660,11 +657,8 @@ class Tailer:
                 if f is not None:
                     f.close()
                 if copy is not None:
-                    old.close()
-                    copy.seek(checkpoint.offset)
-                    self._cur = copy
-                    self._chain = self._successors(copy.ident, _mtime(copy), at_path)
-                    return f"resumed from copy {copy.name}"
+                    old.close()  # opened again, from 0, as one of the copy's successors
+                    return self._resume_from_copy(copy, checkpoint, at_path)
                 how = "truncated" if verdict == "truncated" else "rewritten in place"
                 self._warning = (
                     f"checkpoint file of {self.path}, now {old.name}, was {how} since the "
@@ -705,6 +699,18 @@ class Tailer:
             return "waiting for file"
         self._cur = f
         return _REPLACED
+
+    def _resume_from_copy(
+        self, copy: _File, checkpoint: Position, at_path: set[tuple[int, int]]
+    ) -> str:
+        """Read ``copy`` on from ``checkpoint``, then the files rotated after it, then the path.
+
+        ``at_path`` is the file at the path, read last as the path, not as a successor.
+        """
+        copy.seek(checkpoint.offset)
+        self._cur = copy
+        self._chain = self._successors(copy.ident, _mtime(copy), at_path)
+        return f"resumed from copy {copy.name}"
 
     def take_warning(self) -> str | None:
         """Return (once) why lines may have been lost since the last call; None if not.

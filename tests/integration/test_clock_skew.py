@@ -14,6 +14,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -96,7 +97,7 @@ async def test_lines_of_a_host_with_a_right_clock_are_not_late_after_a_fast_one_
     append(
         log, clf_lines(100, 3, (await db_now(db)).replace(microsecond=0) - timedelta(seconds=20))
     )
-    flags = {"host": "web-a", "heartbeat_timeout_seconds": 10, "retention_days": 0}
+    flags: dict[str, Any] = {"host": "web-a", "heartbeat_timeout_seconds": 10, "retention_days": 0}
     with start_daemon(db_dsn, log, **flags) as daemon:
         for _ in range(200):
             daemon.assert_running()

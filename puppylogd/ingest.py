@@ -571,11 +571,13 @@ class StreamIngest:
             log.warning(
                 "lines arrived after the group closed their second: stored and in the rollups, "
                 "but not in the alert decisions or the published buckets (a stream back after "
-                "its heartbeat timeout, a file loaded after newer ones, or a clock set back)",
+                "its heartbeat timeout, a file loaded after newer ones, a clock set back, or "
+                "lines written longer after their timestamp than --lateness-seconds allows)",
                 path=str(self.path),
                 stream_id=self.stream_id,
                 lines=self._late_unsaid,
                 closed_through=self._late_closed.isoformat() if self._late_closed else None,
+                lateness_s=self.settings.lateness_seconds,
             )
         self._late_unsaid = 0
         self._late_said_at = time.monotonic()

@@ -60,12 +60,12 @@ def _default_text(name: str, info: FieldInfo) -> str:
     The model's default, never the environment's value: help must not show a DSN from
     PUPPYLOG_DSN, nor pass a setting someone made for the default.
     """
-    if info.default_factory is not None and name not in _SECRET_SETTINGS:
-        value = info.default_factory()  # type: ignore[call-arg]
-    elif info.default_factory is None and name not in _SECRET_SETTINGS:
-        value = info.default
-    else:
+    if name in _SECRET_SETTINGS:
         value = None
+    elif info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+    else:
+        value = info.default
     if value is None:
         return "unset"
     if isinstance(value, bool):

@@ -548,6 +548,7 @@ class StreamIngest:
         closed = moved["closed_through"]
         if closed is not None and batch.min_ts is not None and batch.min_ts < closed + SECOND:
             self._note_late(sum(1 for r in batch.rows if r[0] < closed + SECOND), closed)
+        self._say_late_when_due()
         self.stats.batches += 1
         self._retry_delay = BACKOFF_START
         if batch.file_size is not None:
@@ -558,11 +559,14 @@ class StreamIngest:
             self._on_rejected(self.path, rejected)
 
     def _note_late(self, lines: int, closed_through: datetime) -> None:
-        """Count rows stored after their second closed; say so at most once a minute."""
+        """Count rows stored after their second closed (said by ``_say_late_when_due``)."""
         self.stats.late += lines
         self._late_unsaid += lines
         self._late_closed = closed_through
-        if time.monotonic() - self._late_said_at >= LATE_REPORT_SECONDS:
+
+    def _say_late_when_due(self) -> None:
+        """Say the late rows not yet said, at most once a minute (the first at once)."""
+        if self._late_unsaid and time.monotonic() - self._late_said_at >= LATE_REPORT_SECONDS:
             self._say_late()
 
     def _say_late(self) -> None:
@@ -597,6 +601,7 @@ class StreamIngest:
         )
         self.stats.last_progress = time.monotonic()
         self._on_progress()
+        self._say_late_when_due()  # late rows counted before the stream went quiet
 
     # -- the loops ------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Run the daemon with ``python -m puppylogd``."""
 
-from puppylogd.cli import main
+from puppylogd.launch import main
 
 raise SystemExit(main())

@@ -26,6 +26,7 @@ from puppylogd.config import (
     unknown_settings,
 )
 from puppylogd.embedded import BINDIR_ENV, EmbeddedError
+from puppylogd.launch import release_reloads
 from puppylogd.logs import configure_logging, mask_dsn
 
 # Flags spelt differently from their setting: a repeatable --log-file fills log_files.
@@ -318,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run puppylogd; exit 2 with one clear line on a bad setting, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(_split_command(list(sys.argv[1:] if argv is None else argv)))
+    if args.command != "run":
+        release_reloads()  # only `run` reloads; a hangup ends the others as it always did
     env_file, required = default_env_file()
     if getattr(args, "env_file", None) is not None:
         env_file, required = args.env_file, True

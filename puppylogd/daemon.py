@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from puppylogd import db
+from puppylogd import db, launch
 from puppylogd.config import Settings
 from puppylogd.embedded import Cluster, EmbeddedError
 from puppylogd.ingest import StreamIngest
@@ -744,6 +744,8 @@ class Daemon:
         """Run until stopped (or, with ``once``, until the files are stored); return exit code."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        if launch.take_early_reload():
+            self._on_reload_signal()  # it came during the imports (see puppylogd.launch)
         status: asyncio.Task[None] | None = None
         try:
             if not self.settings.once:

@@ -8,6 +8,7 @@ started with and below its original command-line flags.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -131,6 +132,45 @@ def test_a_bad_reload_keeps_the_running_configuration(
     events = assert_clean_json_logs(daemon)
     failed = [e for e in events if e["event"] == "reload failed; keeping the old configuration"]
     assert len(failed) == 1 and "threshold" in failed[0]["error"]
+
+
+def _catches_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text("ascii").splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    raise AssertionError("no SigCgt line")
+
+
+def test_a_sighup_during_the_imports_is_a_reload_not_the_end(
+    db_dsn: str,
+    workdir: Path,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    """SIGHUP is caught before the slow imports start, and applied as a reload once running."""
+    log_file = workdir / "a.log"
+    append(log_file, lines(0, 20))
+    env_file = workdir / "puppylogd.env"
+    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\n", "utf-8")
+    daemon = spawn(["--dsn", db_dsn], env={"PUPPYLOG_ENV_FILE": str(env_file)})
+    deadline = time.monotonic() + 30
+    while True:
+        # Sampled while stopped, so the signal mask and the loaded libraries are one moment's.
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            if _catches_sighup(daemon.pid):
+                maps = Path(f"/proc/{daemon.pid}/maps").read_text("ascii")
+                daemon.send(signal.SIGHUP)
+                break
+        finally:
+            os.kill(daemon.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "SIGHUP never caught"
+        time.sleep(0.001)
+    assert "pydantic_core" not in maps  # caught before the settings' imports began
+    wait_for("the lines", lambda: stored(db_dsn) == (20, 20))
+    assert daemon.stop() == 0
+    names = [e["event"] for e in assert_clean_json_logs(daemon)]
+    assert names.count("configuration reloaded") == 1, names
+    assert names.count("stream opened") == 1, names
 
 
 def test_a_reload_while_the_start_waits_for_the_database_follows_each_file_once(

@@ -204,6 +204,8 @@ class Daemon:
         # Connections per stream in --once (see connections_per_file).
         self._once_connections = 2
         self._control: asyncpg.Connection | None = None
+        # This host's clock against the database's, as last measured (see _check_clock).
+        self._clock_offset: timedelta | None = None
         self._rejects = RateLimitedReporter()
         self._rejected_reasons: Counter[str] = Counter()
         self._last_progress = time.monotonic()
@@ -346,9 +348,19 @@ class Daemon:
                 log.info("old partitions dropped", count=dropped, before=cutoff.isoformat())
 
     async def _check_clock(self) -> None:
-        """Warn, naming this host and its files, when its clock disagrees with the database's."""
+        """Measure this host's clock against the database's; store it; warn when they differ.
+
+        Stored on the streams for the console: on those registered now, and by the others
+        when they register. The warning names this host and its files.
+        """
         assert self._control is not None
         offset = await db.clock_offset(self._control)
+        self._clock_offset = offset
+        for ingest, _, _ in self.streams.values():
+            ingest.clock_offset = offset
+        registered = [i.stream_id for i, _, _ in self.streams.values() if i.stream_id]
+        if registered:
+            await db.record_clock_offset(self._control, registered, offset)
         warning = clock_warning(offset)
         if warning is not None:
             log.warning(
@@ -376,6 +388,7 @@ class Daemon:
             self.group_id,
             on_progress=self._progress,
             on_rejected=self._rejected,
+            clock_offset=self._clock_offset,
         )
         registering = asyncio.create_task(self._register(ingest), name=f"register:{path}")
         waiting = asyncio.create_task(ingest.db_wait.wait(), name=f"register:{path}:db-wait")
@@ -784,7 +797,12 @@ class Daemon:
         try:
             for path in self.settings.log_files:
                 ingest = StreamIngest(
-                    self.settings, self.dsn, path, self.group_id, on_rejected=self._rejected
+                    self.settings,
+                    self.dsn,
+                    path,
+                    self.group_id,
+                    on_rejected=self._rejected,
+                    clock_offset=self._clock_offset,
                 )
                 ingests.append(ingest)
                 if _missing(path) and not await ingest.is_known():

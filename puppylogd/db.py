@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -115,6 +115,21 @@ async def clock_offset(
     theirs: datetime = await conn.fetchval(query("clock"))
     after = now()
     return theirs - (before + (after - before) / 2)
+
+
+def seconds_ahead(offset: timedelta | None) -> float | None:
+    """Return a ``clock_offset`` as ``log_streams.clock_offset_s``: seconds this host is ahead.
+
+    Stored the way the console shows it (``clock -180s``: this host's clock is behind).
+    """
+    return None if offset is None else round(-offset.total_seconds(), 1)
+
+
+async def record_clock_offset(
+    conn: asyncpg.Connection, stream_ids: Sequence[int], offset: timedelta
+) -> None:
+    """Store a clock ``offset`` just measured on the streams ``stream_ids`` (for the console)."""
+    await conn.execute(query("record_clock_offset"), list(stream_ids), seconds_ahead(offset))
 
 
 # Kernel send buffer asked for on a local (Unix socket) connection that carries COPY: room for

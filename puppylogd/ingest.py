@@ -175,8 +175,11 @@ class StreamIngest:
         *,
         on_progress: Callable[[], None] = lambda: None,
         on_rejected: Callable[[Path, Rejected], None] = lambda _p, _r: None,
+        clock_offset: timedelta | None = None,
     ) -> None:
         self.settings = settings
+        # The daemon's latest measure of its clock (db.clock_offset), stored at registration.
+        self.clock_offset = clock_offset
         self.dsn = dsn
         self.path = path
         self.group_id = group_id
@@ -284,7 +287,9 @@ class StreamIngest:
         conn = await self._connection()
         key = (self.group_id, self.settings.host, str(self.path))
         try:
-            row = await conn.fetchrow(db.query("register_stream"), *key)
+            row = await conn.fetchrow(
+                db.query("register_stream"), *key, db.seconds_ahead(self.clock_offset)
+            )
         except asyncpg.InsufficientPrivilegeError as exc:
             owner = await conn.fetchrow(db.query("stream_owner"), *key)
             if owner is None or owner["owner"] == owner["me"]:
@@ -539,15 +544,21 @@ class StreamIngest:
                 raise CheckpointConflict(
                     f"checkpoint of stream {self.stream_id} is not at {start.inode}:{start.offset}"
                 )
+            closed = moved["closed_through"]
+            late = 0
+            if closed is not None and batch.min_ts is not None and batch.min_ts < closed + SECOND:
+                late = sum(1 for r in batch.rows if r[0] < closed + SECOND)
+                # In this transaction, so the console's count is exact: only a batch with
+                # late rows pays for the statement.
+                await conn.execute(db.query("count_late"), self.stream_id, late)
         self._max_ts = max_ts
         self._committed = end if end.inode else None
         self._settled = end
         self._tailer.committed(end)
         self.stats.stored += len(batch.rows)
         self.stats.rejected += len(batch.rejected)
-        closed = moved["closed_through"]
-        if closed is not None and batch.min_ts is not None and batch.min_ts < closed + SECOND:
-            self._note_late(sum(1 for r in batch.rows if r[0] < closed + SECOND), closed)
+        if late:
+            self._note_late(late, closed)
         self._say_late_when_due()
         self.stats.batches += 1
         self._retry_delay = BACKOFF_START

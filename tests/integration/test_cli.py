@@ -265,6 +265,13 @@ def test_lines_stored_after_their_second_closed_are_counted_and_said(
     said, done = run(second, "b")  # its 3 lines 90 s ago are before a's last second
     assert [(e["level"], e["path"], e["lines"]) for e in said] == [("warning", str(second), 3)]
     assert (done["stored"], done["late"], count_rows(db_dsn)) == (5, 3, 15)
+    # Counted on the stream too, for the console, by each batch's late rows.
+    late = "SELECT host, lines_late FROM puppylog.log_streams ORDER BY host"
+    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0), ("b", 3)]
+    append(second, clf_lines(15, 2, recent(100)) + clf_lines(17, 1, recent(10)))
+    said, done = run(second, "b")
+    assert (done["stored"], done["late"]) == (3, 2)
+    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0), ("b", 5)]
 
 
 def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(

@@ -20,8 +20,10 @@ import asyncpg
 import pytest
 
 from puppylogd import db as queries
+from puppylogd.config import Settings
 from puppylogd.daemon import clock_warning
-from tests.integration.helpers import append, clf_lines, start_daemon
+from puppylogd.ingest import StreamIngest
+from tests.integration.helpers import append, clf_lines, query_val, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,7 +213,39 @@ async def test_a_host_clock_off_from_the_database_is_measured_and_said(
     assert clock_warning(await queries.clock_offset(db)) is None
 
 
+@pytest.mark.parametrize("shift", [-180, 180])
+async def test_a_host_clock_off_from_the_database_is_stored_on_its_streams(
+    db: asyncpg.Connection, db_dsn: str, tmp_path: Path, shift: int
+) -> None:
+    """The offset measured at start is stored as a stream registers, an hourly one on it.
+
+    Stored as the console shows it: this host's clock minus the database's (-180: behind).
+    """
+
+    def host_clock() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=shift)
+
+    gid = await db.fetchval(
+        "INSERT INTO puppylog.log_groups (name) VALUES ('default') RETURNING id"
+    )
+    log = tmp_path / "a.log"
+    log.touch()
+    settings = Settings(dsn=db_dsn, log_files=[log], host="web-off")
+    offset = await queries.clock_offset(db, host_clock)
+    ingest = StreamIngest(settings, db_dsn, log, gid, clock_offset=offset)
+    try:
+        await ingest.register()
+    finally:
+        await ingest.close()
+    stored = "SELECT clock_offset_s FROM puppylog.log_streams WHERE id = $1"
+    assert abs(await db.fetchval(stored, ingest.stream_id) - shift) < 1.0
+    # The hourly check (the clock set right since) updates it.
+    await queries.record_clock_offset(db, [ingest.stream_id], await queries.clock_offset(db))
+    assert abs(await db.fetchval(stored, ingest.stream_id)) < 1.0
+
+
 def test_a_daemon_whose_clock_is_right_says_nothing_of_it(db_dsn: str, tmp_path: Path) -> None:
+    """No warning; the offset it measured (about 0) is on its stream for the console."""
     log = tmp_path / "a.log"
     log.touch()
     with start_daemon(db_dsn, log, host="web-a") as daemon:
@@ -223,3 +257,5 @@ def test_a_daemon_whose_clock_is_right_says_nothing_of_it(db_dsn: str, tmp_path:
         assert daemon.stop() == 0
         assert "stream opened" in daemon.output()
         assert "host's clock" not in daemon.output()
+    offset = query_val(db_dsn, "SELECT clock_offset_s FROM puppylog.log_streams")
+    assert offset is not None and abs(offset) < 1.0

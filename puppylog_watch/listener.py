@@ -62,7 +62,7 @@ FROM puppylog.log_groups WHERE name = $1
 """
 _STREAMS_SQL = """
 SELECT s.host, s.path, s.file_size - s.byte_offset AS lag, s.heartbeat_at, s.stopped,
-       s.caught_up, now() AS db_now
+       s.caught_up, s.lines_late, s.clock_offset_s, now() AS db_now
 FROM puppylog.log_streams s JOIN puppylog.log_groups g ON g.id = s.group_id
 WHERE g.name = $1 ORDER BY s.host, s.path
 """
@@ -324,6 +324,8 @@ class Listener:
                 heartbeat_at=r["heartbeat_at"],
                 stopped=bool(r["stopped"]),
                 caught_up=bool(r["caught_up"]),
+                lines_late=int(r["lines_late"]),
+                clock_offset_s=r["clock_offset_s"],
             )
             for r in rows
         ]

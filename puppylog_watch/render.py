@@ -311,10 +311,32 @@ def _traffic_table(latest: StatsPayload | None) -> Table:
     return table
 
 
+# A stream's host clock is shown when it is further off the database's than its daemon
+# warns of (puppylogd.daemon.CLOCK_SKEW_WARN), in red from a minute: the group's stats and
+# alerts wait that long for a slow host, a fast host's lines count that much late.
+CLOCK_WARN_S = 5.0
+CLOCK_RED_S = 60.0
+
+
+def _stream_problems(s: StreamInfo) -> Text:
+    """Return what is wrong with a stream's host: its clock, then its late lines; or nothing."""
+    t = Text()
+    offset = s.clock_offset_s
+    if offset is not None and abs(offset) > CLOCK_WARN_S:
+        t.append(f"  clock {offset:+.0f}s", style="red" if abs(offset) >= CLOCK_RED_S else "yellow")
+    if s.lines_late > 0:
+        t.append(f"  late {s.lines_late}", style="yellow")
+    return t
+
+
 def _streams_text(
     streams: Sequence[StreamInfo], now: datetime, rows: int, timeout_s: float
 ) -> Text:
-    """Return one line per stream; ``now`` is the database's time (heartbeats are its)."""
+    """Return one line per stream; ``now`` is the database's time (heartbeats are its).
+
+    A line too long is cut at the end: a problem of the stream's host comes right after its
+    name, before the lag and heartbeat.
+    """
     t = Text(no_wrap=True, overflow="ellipsis")
     if not streams:
         t.append(" streams: none yet", style="dim")
@@ -324,6 +346,7 @@ def _streams_text(
             t.append("\n")
         t.append(" stream ", style="dim")
         t.append(safe(f"{s.host}:{s.path}"))
+        t.append_text(_stream_problems(s))
         lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
         t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > 1_000_000 else "")
         silent = s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s

@@ -39,6 +39,11 @@ class StreamInfo:
     heartbeat_at: datetime | None
     stopped: bool
     caught_up: bool
+    # Rows stored after the group closed their second (in no alert and no published bucket).
+    lines_late: int = 0
+    # Its host's clock minus the database's, in seconds, as its daemon measured it; None:
+    # unknown.
+    clock_offset_s: float | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,17 @@ from puppylog_watch.models import (
     StatsPayload,
     parse_payload,
 )
-from puppylog_watch.render import WatchView, chart, json_line, plain_alert, plain_stats, safe
+from puppylog_watch.render import (
+    CLOCK_WARN_S,
+    WatchView,
+    chart,
+    json_line,
+    plain_alert,
+    plain_stats,
+    safe,
+)
 from puppylog_watch.state import StreamInfo, WatchState
+from puppylogd.daemon import CLOCK_SKEW_WARN
 
 # Recorded from a real database (jsonb text, as pg_notify sends it).
 STATS = (
@@ -154,8 +164,6 @@ def test_escape_sequences_never_reach_the_terminal() -> None:
     console.print(WatchView(state, now=T0))
     styled = console.export_text(styles=True)
     # Only rich's own SGR sequences (ESC [ digits ; m) appear; nothing from the data.
-    import re
-
     leftover = re.sub(r"\x1b\[[0-9;]*m", "", styled)
     assert "\x1b" not in leftover and "\x9b" not in leftover
     assert "^[]0;pwned" in leftover and "/tmp/^[[2Jx.log" in leftover
@@ -411,3 +419,52 @@ def test_the_live_view_never_draws_an_alert_ahead_of_the_buckets_before_it() -> 
     assert frames[banner_from] == ("04:29:50", True)  # the buckets before the alert were in
     assert frames[0] == ("04:29:40", False)
     assert frames[-1] == ("04:33:20", False)  # and it recovered
+
+
+def stream_line(stream: StreamInfo, width: int = 80) -> str:
+    """Return the stream's line of the live view, with rich's colour codes (SGR)."""
+    state = alert_state()
+    state.clock_offset = timedelta(seconds=-590)  # heartbeat 10 s ago: not red
+    state.streams = [stream]
+    console = Console(width=width, height=24, record=True, force_terminal=True, file=io.StringIO())
+    console.print(WatchView(state, now=T0 + timedelta(minutes=10)))
+    lines = console.export_text(styles=True).splitlines()
+    return next(line for line in lines if "stream" in line)
+
+
+YELLOW, RED = "\x1b[33m", "\x1b[31m"
+
+
+def test_a_stream_line_shows_its_host_clock_and_late_lines_before_the_rest() -> None:
+    """At 80 columns a host's problems stay whole; the lag and heartbeat after them are cut."""
+    web = StreamInfo("web-eu-1", "/var/log/nginx/access.log", 0, T0, False, True, 1234, -180.4)
+    line = stream_line(web)
+    assert f"access.log{RED}  clock -180s\x1b[0m{YELLOW}  late 1234\x1b[0m  lag 0 B  he…" in line
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    assert len(plain) == 80
+    wide = re.sub(r"\x1b\[[0-9;]*m", "", stream_line(web, 100)).rstrip()
+    assert wide.endswith("access.log  clock -180s  late 1234  lag 0 B  heartbeat 10s ago")
+
+
+@pytest.mark.parametrize(
+    ("late", "offset", "shown"),
+    [
+        (0, None, ""),  # nothing wrong, or a daemon too old to say: the line as it was
+        (0, 5.0, ""),  # within what the daemon lets pass without a warning
+        (0, -4.6, ""),
+        (1, 0.2, f"{YELLOW}  late 1"),
+        (0, 5.4, f"{YELLOW}  clock +5s"),
+        (0, -59.6, f"{YELLOW}  clock -60s"),
+        (0, 60.0, f"{RED}  clock +60s"),
+        (7, -3600.0, f"{RED}  clock -3600s\x1b[0m{YELLOW}  late 7"),
+    ],
+)
+def test_a_stream_line_shows_clock_skew_and_late_lines_only_when_there_are_any(
+    late: int, offset: float | None, shown: str
+) -> None:
+    line = stream_line(StreamInfo("web1", "/a.log", 0, T0, False, True, late, offset))
+    assert f"web1:/a.log{shown}" + ("\x1b[0m" if shown else "") + "  lag 0 B" in line
+
+
+def test_the_console_shows_a_clock_from_where_its_daemon_warns_of_it() -> None:
+    assert timedelta(seconds=CLOCK_WARN_S) == CLOCK_SKEW_WARN

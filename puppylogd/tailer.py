@@ -39,7 +39,10 @@ Decisions:
   both tell: a smaller counter (``.1`` after ``.2``), a greater date of the same length
   (logrotate requires ``dateext`` dates to sort by name); else by mtime, an equal one
   counting as after (timestamps of a second or two give files rotated within one tick the
-  same).  A file read to its end since ``open`` is never read again that way.  A
+  same).  A file read to its end since ``open`` is never read again that way, nor one
+  that was already a rotated sibling when the file being read was opened at the path (it
+  is older), and a ``rewind`` that opens again keeps those noted before its position's
+  file: where only mtimes tell, one as new as that file would be read twice.  A
   checkpoint's file since compressed (recognised by its decompressed first bytes) cannot
   be read: ``take_warning`` says so, and the files rotated after it are read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
@@ -74,12 +77,13 @@ import contextlib
 import gzip
 import hashlib
 import io
+import itertools
 import lzma
 import os
 import stat
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +122,7 @@ _DECOMPRESSORS: dict[str, Callable[[str], io.BufferedIOBase]] = {
     ".xz": lzma.LZMAFile,
 }
 _COUNTER_DIGITS = 4  # longest suffix read as a rotation counter (access.log.1 .. .9999)
-_FINISHED_KEPT = 64  # files remembered as read to their end (see Tailer._finished)
+_FINISHED_KEPT = 64  # files remembered as read, or older than one read (Tailer._finished)
 
 # Outcomes of one non-blocking collection step.
 _FULL = "full"  # the chunk holds max_lines items
@@ -560,8 +564,9 @@ class Tailer:
         # Rotated siblings to drain, in order, after the current file and before the path
         # (files rotated while the daemon was stopped, between the checkpoint's and the path).
         self._chain: list[_File] = []
-        # Files read to their end since ``open`` (newest last): never read again as a newer
-        # rotated sibling, even if a late write made one look newer than its successor.
+        # Files read to their end since ``open`` (newest last), and the rotated siblings of a
+        # file opened at the path (older than it, see _note_older): never read again as a
+        # newer rotated sibling, even if a late write or a coarse mtime says so.
         self._finished: collections.deque[Position] = collections.deque(maxlen=_FINISHED_KEPT)
         self._last: Position = NO_FILE  # end of the last emitted chunk
         self._acc: _Acc | None = None
@@ -584,7 +589,14 @@ class Tailer:
         ``PermissionError``, a symlink loop, a directory that is a file) are raised.
         When lines may have been lost, ``take_warning`` says why.
         """
+        return self._open(checkpoint, from_end=from_end, read=())
+
+    def _open(
+        self, checkpoint: Position | None, *, from_end: bool, read: Iterable[Position]
+    ) -> str:
+        """Do ``open``, with the files in ``read`` known to be read (see ``rewind``)."""
         self.close()
+        self._finished.extend(read)
         self._warning = None
         if _not_regular(self.path):
             # Like a missing file (the reader waits for a regular one), but the caller must
@@ -597,6 +609,7 @@ class Tailer:
                 self._last = NO_FILE
                 return "waiting for file"
             self._cur = f
+            self._note_older(f)
             if not from_end:
                 self._last = f.position()
                 return "new file"
@@ -619,6 +632,7 @@ class Tailer:
             self._cur = f
             if verdict == "ok":
                 f.seek(checkpoint.offset)
+                self._note_older(f)
                 return "resumed"
             # copytruncate: the lines after the checkpoint are in a copy next to the file.
             copy = self._find_copy(checkpoint, f.ident)
@@ -631,6 +645,7 @@ class Tailer:
                 f"and no copy of it found in {self._looked_in()}: lines written after the "
                 "checkpoint and before that may be lost; reading it from 0"
             )
+            self._note_older(f)
             return "truncated" if verdict == "truncated" else _REPLACED
         at_path = {f.ident} if f is not None else set()
         found = self._find_rotated(checkpoint)
@@ -688,6 +703,7 @@ class Tailer:
                 return "waiting for file"
             else:
                 self._cur = f
+                self._note_older(f)
             return f"checkpoint file compressed away ({name}): starting at 0"
         then = "the file at the path" if f is not None else "the path once it appears"
         self._warning = (
@@ -698,6 +714,7 @@ class Tailer:
         if f is None:
             return "waiting for file"
         self._cur = f
+        self._note_older(f)
         return _REPLACED
 
     def _resume_from_copy(
@@ -849,8 +866,8 @@ class Tailer:
 
         A sibling is a regular, uncompressed file named like a rotated path (``_siblings``),
         the suffix starting with a digit (a counter or a date), other than ``ref``, the
-        files in ``exclude`` (the file at the path) and the files already read to their end
-        since ``open``, rotated after ``ref`` (``_rotated_after``; ``ref``'s suffix is its
+        files in ``exclude`` (the file at the path) and the files noted as read
+        (``_was_read``), rotated after ``ref`` (``_rotated_after``; ``ref``'s suffix is its
         current name, found by inode; ``ref_mtime`` is its mtime). With two rotations before
         ``ref`` is finished (a restart, or a reader behind the writer), ``ref`` is
         ``access.log.2`` and ``access.log.1`` still holds lines never read.
@@ -891,20 +908,56 @@ class Tailer:
             found.sort(key=lambda item: (item[0], item[1]))
         return [f for _, _, f in found]
 
+    def _note_older(self, f: _File) -> None:
+        """Remember the rotated siblings of ``f``, just opened at the path, as read.
+
+        A file rotated away while ``f`` is at the path is older than ``f``: never a file
+        rotated after it. Where only mtimes tell (``f`` deleted, mixed names), one as new as
+        ``f`` would otherwise be read again, e.g. one read before the checkpoint. Only those
+        as new as ``f`` are noted (an older one's writer has moved on: it stays older), and
+        no empty one (nothing to read twice; its inode, once free, may be a newer file's).
+        """
+        mtime = _mtime(f)
+        for suffix, path, st in self._siblings():
+            if (
+                suffix[:1].isdigit()
+                and not path.endswith(_COMPRESSED)
+                and stat.S_ISREG(st.st_mode)
+                and st.st_size > 0
+                and st.st_mtime_ns >= mtime
+                and (st.st_dev, st.st_ino) != f.ident
+                and (g := _try_open(path)) is not None
+            ):
+                self._finished.append(g.position())  # its first bytes, at offset 0
+                g.close()
+
     def _was_read(self, f: _File) -> bool:
-        """Return whether ``f`` is a file already read to its end since ``open``."""
+        """Return whether ``f`` was noted as read (or older than a file read) since ``open``."""
         return any(
             f.ident == (pos.dev, pos.inode) and _check_against(f, pos) == "ok"
             for pos in self._finished
         )
+
+    def _read_before(self, pos: Position) -> list[Position]:
+        """Return the files noted as read before the file ``pos`` is on was read to its end.
+
+        Empty when that is unknown (not read to its end, or since with a longer fingerprint).
+        """
+        mark = (pos.dev, pos.inode, pos.fp_len, pos.fingerprint)
+        for i, done in enumerate(self._finished):
+            if (done.dev, done.inode, done.fp_len, done.fingerprint) == mark:
+                return list(itertools.islice(self._finished, i))
+        return []
 
     def rewind(self, pos: Position) -> None:
         """Discard buffers and continue from ``pos``, a committed position.
 
         ``pos`` must be on the current file, on the previous file of a rotation or
         truncation (which is then replayed) or a previous chunk's start/end; anything
-        else (e.g. a position from before a truncation of the current file) is treated
-        like ``open(pos)``.
+        else (e.g. a position from before a truncation of the current file, or on a file
+        two switches back) is treated like ``open(pos)``, except that the files noted as
+        read before ``pos``'s file are still not read again (their lines are before
+        ``pos``, so committed).
         """
         self._acc = None
         self._pending_event = None
@@ -940,7 +993,8 @@ class Tailer:
                 first.seek(0)
                 self._pending_event = "appeared"
         else:
-            self.open(pos)
+            # The files read before pos's file are not read again: their lines are committed.
+            self._open(pos, from_end=False, read=self._read_before(pos))
             return
         self._last = pos
 
@@ -1096,6 +1150,7 @@ class Tailer:
             return False
         self._begin_event("appeared")
         self._cur = f
+        self._note_older(f)
         return True
 
     def _truncated(self, f: _File, read_end: int) -> None:
@@ -1192,6 +1247,8 @@ class Tailer:
                 target.close()  # opened again once the chain is read
                 target = chain.pop(0)
                 self._chain = chain
+            else:
+                self._note_older(target)
         elif chained:
             self._chain.pop(0)
             f.switch_event = f.switch_event or "rotated"

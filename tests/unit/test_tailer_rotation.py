@@ -753,3 +753,60 @@ def test_reader_behind_dateext_rotations_within_one_tick(tmp_path: Path) -> None
     assert lines_of(chunks) == [b"a1", b"a2", b"b1", b"c1"]
     assert_contiguous(chunks)
     t.close()
+
+
+def test_same_mtime_as_a_deleted_file_but_older_than_it_is_not_read(tmp_path: Path) -> None:
+    """A sibling there while the deleted file was at the path is older: never its successor.
+
+    Here it was read before the checkpoint (before ``open``), so only that tells it apart
+    from a file rotated after it within one timestamp tick.
+    """
+    p = tmp_path / "access.log"
+    older = tmp_path / "access.log.1"
+    older.write_bytes(b"a1\n")  # stored before the checkpoint
+    cp = checkpoint_after(p, b"b1\n")
+    append(p, b"b2\n")
+    set_mtime(older, p.stat().st_mtime_ns)  # last written within B's last tick
+    t = make(p)
+    assert t.open(cp) == "resumed"
+    chunks = drain(t)
+    p.unlink()  # the tailer still reads B through its descriptor
+    p.write_bytes(b"c1\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"b2", b"c1"]
+    assert [c.event for c in chunks if c.event] == ["replaced"]
+    assert_contiguous(chunks)
+    t.close()
+
+
+def test_rewind_to_a_closed_file_does_not_read_a_file_finished_before_it(
+    tmp_path: Path,
+) -> None:
+    """A rewind that opens again remembers the files read before the position's file.
+
+    A (dateext name) was finished before B; B is now ``access.log.2`` (a counter: mixed
+    names, mtimes decide) and A looks as new as B. Its lines are committed (the position
+    is after them): reading A again would store them twice.
+    """
+    p = tmp_path / "access.log"
+    p.write_bytes(b"a1\n")
+    t = make(p)
+    t.open(None)
+    chunks = drain(t)
+    a = tmp_path / "access.log-20261127"
+    p.rename(a)
+    p.write_bytes(b"b1\nb2\n")
+    chunks += drain(t, max_lines=1)  # A finished; B read
+    set_mtime(a, p.stat().st_mtime_ns)  # within B's last tick (or a late write to A)
+    on_b = next(c for c in chunks if c.lines == [b"b2"])
+    rotate(p)  # B is access.log.1
+    p.write_bytes(b"c1\n")
+    chunks += drain(t)
+    rotate(p)  # B is access.log.2, C access.log.1
+    p.write_bytes(b"d1\n")
+    chunks += drain(t)  # B closed: a rewind to it opens again
+    assert lines_of(chunks) == [b"a1", b"b1", b"b2", b"c1", b"d1"]
+    t.rewind(on_b.start)
+    assert t.take_warning() is None
+    assert lines_of(drain(t)) == [b"b2", b"c1", b"d1"]
+    t.close()

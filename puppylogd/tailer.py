@@ -19,7 +19,12 @@ Decisions:
 * Identity of a file is ``(st_dev, st_ino)`` plus a sha256 fingerprint of its first
   ``fp_len`` bytes (``fp_len = min(FP_BYTES, size)`` when computed, lengthened later while
   the file is shorter than ``FP_BYTES``).  The fingerprint catches inode reuse and a
-  copy-truncated file that has already grown past the old offset again.
+  copy-truncated file that has already grown past the old offset again; at end of file it
+  is checked whenever the size or the mtime changed (a file regrown between two polls to
+  the very size read has a new mtime).  A file rewritten with the same first ``fp_len``
+  bytes cannot be told from one that grew: it is read on from the offset.  Access log
+  lines start with the client's address and a timestamp, so only a replay of the same
+  lines does that (its lines before the offset are taken as the ones already read).
 * Rotation by rename: when the path names another file, the old descriptor is drained
   to end of file and kept until it has not grown for ``rotate_grace`` seconds (writers
   reopen their log a little after the rename), then the tailer switches to the new file
@@ -196,7 +201,7 @@ class _File:
         "base",
         "bi",
         "buf",
-        "checked_size",
+        "checked",
         "dev",
         "fd",
         "fingerprint",
@@ -224,7 +229,7 @@ class _File:
         self.bi = 0
         self.skip_head: bytes | None = None
         self.skip_emit = True
-        self.checked_size = -1
+        self.checked: tuple[int, int] | None = None
         self.last_growth = time.monotonic()
         self.rot_noticed: float | None = None
         self.switch_event: str | None = None
@@ -252,7 +257,7 @@ class _File:
         self.bi = 0
         self.skip_head = None
         self.skip_emit = True
-        self.checked_size = -1
+        self.checked = None
 
     def compute_fp(self) -> None:
         """Fingerprint the file from scratch (after opening or a truncation)."""
@@ -1205,10 +1210,13 @@ class Tailer:
         ``_WAITING``.
         """
         st = os.fstat(f.fd)
-        if st.st_size < f.read_off or (st.st_size != f.checked_size and not f.prefix_ok()):
+        # The first bytes are checked again when the size or the mtime changed: a file
+        # truncated and regrown to the very size read between two polls has a new mtime.
+        checked = (st.st_size, st.st_mtime_ns)
+        if st.st_size < f.read_off or (checked != f.checked and not f.prefix_ok()):
             self._truncated(f, f.read_off)
             return None
-        f.checked_size = st.st_size
+        f.checked = checked
         if st.st_size > f.read_off:
             return None  # grew between the read and the fstat: read on
         target = self._next

@@ -209,6 +209,33 @@ async def test_copytruncate_regrown_past_offset_detected_by_fingerprint(tmp_path
     t.close()
 
 
+def test_truncated_and_regrown_to_the_same_size_is_read_from_0_at_once(tmp_path: Path) -> None:
+    """Regrown between two polls to exactly the size read: no new byte past the offset.
+
+    The first bytes differ (and the mtime changed): noticed at the next poll, not at the
+    next write; its lines are read once, from 0.
+    """
+    p = tmp_path / "access.log"
+    p.write_bytes(b"first-generation 1\nfirst-generation 2\n")
+    t = make(p)
+    t.open(None)
+    drain(t)
+    mtime = p.stat().st_mtime_ns
+    with p.open("r+b") as fh:  # truncate and regrow to the same size in one step
+        fh.truncate(0)
+        fh.write(b"second generation 1\nsecond gen 222222\n")
+    os.utime(p, ns=(mtime + 1_000_000_000, mtime + 1_000_000_000))  # even on coarse clocks
+    assert p.stat().st_size == len(b"first-generation 1\nfirst-generation 2\n")
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"second generation 1", b"second gen 222222"]
+    assert chunks[0].event == "truncated"
+    append(p, b"n3\n")
+    chunks += drain(t)
+    assert lines_of(chunks) == [b"second generation 1", b"second gen 222222", b"n3"]
+    assert_contiguous(chunks)
+    t.close()
+
+
 async def test_delete_and_recreate_drains_old_descriptor_first(tmp_path: Path) -> None:
     p = tmp_path / "access.log"
     with p.open("ab", buffering=0) as writer:

@@ -49,7 +49,10 @@ Decisions:
   is older), and a ``rewind`` that opens again keeps those noted before its position's
   file: where only mtimes tell, one as new as that file would be read twice.  A
   checkpoint's file since compressed (recognised by its decompressed first bytes) cannot
-  be read: ``take_warning`` says so, and the files rotated after it are read.
+  be read: ``take_warning`` says so, and the files rotated after it are read.  A ``.zst``
+  one cannot be recognised (no zstd in the standard library): as for a checkpoint's file
+  not found, the path is read from 0, none of the rotated files, and the warning names
+  the ``.zst`` files it may be.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, is a truncation (event ``"truncated"``).  The lines after the position are
   then looked for in a copy among the rotated siblings (uncompressed, starting with the
@@ -711,10 +714,18 @@ class Tailer:
                 self._note_older(f)
             return f"checkpoint file compressed away ({name}): starting at 0"
         then = "the file at the path" if f is not None else "the path once it appears"
+        unchecked = self._unreadable_compressed()
+        maybe = (
+            f"; it may be {', '.join(unchecked)}, which cannot be checked (no zstd "
+            "decompressor in the standard library)"
+            if unchecked
+            else ""
+        )
         self._warning = (
             f"checkpoint file of {self.path} not found (looked for inode {checkpoint.inode} "
-            f"in {self._looked_in()}): lines between the checkpoint (offset "
-            f"{checkpoint.offset}) and the rotation may be lost; reading {then} from 0"
+            f"in {self._looked_in()}{maybe}): lines after the checkpoint (offset "
+            f"{checkpoint.offset}) may be lost, in it and in the files rotated after it (not "
+            f"told from older ones without it); reading {then} from 0"
         )
         if f is None:
             return "waiting for file"
@@ -863,6 +874,16 @@ class Tailer:
                     return os.path.basename(path), (st.st_dev, st.st_ino), st.st_mtime_ns
 
         return None
+
+    def _unreadable_compressed(self) -> list[str]:
+        """Return the names of the compressed rotated files ``_find_compressed`` cannot open."""
+        return sorted(
+            os.path.basename(path)
+            for _, path, st in self._siblings()
+            if stat.S_ISREG(st.st_mode)
+            and path.endswith(_COMPRESSED)
+            and not path.endswith(tuple(_DECOMPRESSORS))
+        )
 
     def _successors(
         self, ref: tuple[int, int], ref_mtime: int, exclude: set[tuple[int, int]]

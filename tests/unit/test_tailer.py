@@ -426,7 +426,7 @@ async def test_open_checkpoint_on_deleted_file_warns_and_waits(tmp_path: Path) -
     warning = t2.take_warning()
     assert warning is not None
     assert f"not found (looked for inode {cp.inode} in {tmp_path})" in warning
-    assert "lines between the checkpoint (offset 3) and the rotation may be lost" in warning
+    assert "lines after the checkpoint (offset 3) may be lost" in warning
     t2.close()
 
 

@@ -810,3 +810,31 @@ def test_rewind_to_a_closed_file_does_not_read_a_file_finished_before_it(
     assert t.take_warning() is None
     assert lines_of(drain(t)) == [b"b2", b"c1", b"d1"]
     t.close()
+
+
+def test_checkpoint_file_compressed_with_zstd_warns_that_it_cannot_be_checked(
+    tmp_path: Path,
+) -> None:
+    """The standard library has no zstd: the checkpoint's file is not recognised in .zst.
+
+    Nothing is read twice; the warning names the .zst file and says that the files rotated
+    after the checkpoint's are not read either (B, in ``access.log.1``).
+    """
+    p = tmp_path / "access.log"
+    cp = checkpoint_after(p, b"a1\n")
+    append(p, b"a2\n")
+    rotate(p)
+    p.write_bytes(b"b1\n")
+    rotate(p)
+    p.write_bytes(b"c1\n")
+    packed = tmp_path / "access.log.2.zst"
+    packed.write_bytes(b"\x28\xb5\x2f\xfd not really zstd")  # stdlib cannot write it either
+    (tmp_path / "access.log.2").unlink()
+    t = make(p)
+    assert t.open(cp) == "checkpoint file replaced: starting at 0"
+    warning = t.take_warning()
+    assert warning is not None
+    assert "access.log.2.zst, which cannot be checked" in warning
+    assert "in it and in the files rotated after it" in warning
+    assert lines_of(drain(t)) == [b"c1"]
+    t.close()

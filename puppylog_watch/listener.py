@@ -62,7 +62,7 @@ FROM puppylog.log_groups WHERE name = $1
 """
 _STREAMS_SQL = """
 SELECT s.host, s.path, s.file_size - s.byte_offset AS lag, s.heartbeat_at, s.stopped,
-       s.caught_up, s.lines_late, s.clock_offset_s, now() AS db_now
+       s.caught_up, s.lines_late, s.clock_offset_s, s.late_at, now() AS db_now
 FROM puppylog.log_streams s JOIN puppylog.log_groups g ON g.id = s.group_id
 WHERE g.name = $1 ORDER BY s.host, s.path
 """
@@ -326,6 +326,7 @@ class Listener:
                 caught_up=bool(r["caught_up"]),
                 lines_late=int(r["lines_late"]),
                 clock_offset_s=r["clock_offset_s"],
+                late_at=r["late_at"],
             )
             for r in rows
         ]

@@ -316,16 +316,20 @@ def _traffic_table(latest: StatsPayload | None) -> Table:
 # alerts wait that long for a slow host, a fast host's lines count that much late.
 CLOCK_WARN_S = 5.0
 CLOCK_RED_S = 60.0
+# The late-line count is a total kept for good: yellow while late lines came within the last
+# hour, dimmed after, so one restart's backlog does not flag a stream for ever.
+LATE_RECENT = timedelta(hours=1)
 
 
-def _stream_problems(s: StreamInfo) -> Text:
+def _stream_problems(s: StreamInfo, now: datetime) -> Text:
     """Return what is wrong with a stream's host: its clock, then its late lines; or nothing."""
     t = Text()
     offset = s.clock_offset_s
     if offset is not None and abs(offset) > CLOCK_WARN_S:
         t.append(f"  clock {offset:+.0f}s", style="red" if abs(offset) >= CLOCK_RED_S else "yellow")
     if s.lines_late > 0:
-        t.append(f"  late {s.lines_late}", style="yellow")
+        recent = s.late_at is not None and now - s.late_at < LATE_RECENT
+        t.append(f"  late {s.lines_late}", style="yellow" if recent else "dim")
     return t
 
 
@@ -346,7 +350,7 @@ def _streams_text(
             t.append("\n")
         t.append(" stream ", style="dim")
         t.append(safe(f"{s.host}:{s.path}"))
-        t.append_text(_stream_problems(s))
+        t.append_text(_stream_problems(s, now))
         lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
         t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > 1_000_000 else "")
         silent = s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s

@@ -44,6 +44,8 @@ class StreamInfo:
     # Its host's clock minus the database's, in seconds, as its daemon measured it; None:
     # unknown.
     clock_offset_s: float | None = None
+    # When late rows were last counted (the database's time); None: never, or unknown.
+    late_at: datetime | None = None
 
 
 @dataclass

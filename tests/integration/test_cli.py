@@ -266,12 +266,15 @@ def test_lines_stored_after_their_second_closed_are_counted_and_said(
     assert [(e["level"], e["path"], e["lines"]) for e in said] == [("warning", str(second), 3)]
     assert (done["stored"], done["late"], count_rows(db_dsn)) == (5, 3, 15)
     # Counted on the stream too, for the console, by each batch's late rows.
-    late = "SELECT host, lines_late FROM puppylog.log_streams ORDER BY host"
-    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0), ("b", 3)]
+    late = (
+        "SELECT host, lines_late, late_at > now() - interval '1 minute'"
+        " FROM puppylog.log_streams ORDER BY host"
+    )
+    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0, None), ("b", 3, True)]
     append(second, clf_lines(15, 2, recent(100)) + clf_lines(17, 1, recent(10)))
     said, done = run(second, "b")
     assert (done["stored"], done["late"]) == (3, 2)
-    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0), ("b", 5)]
+    assert [tuple(r) for r in query_rows(db_dsn, late)] == [("a", 0, None), ("b", 5, True)]
 
 
 def test_once_with_a_directory_for_a_file_stores_the_others_and_exits_1(

@@ -432,12 +432,12 @@ def stream_line(stream: StreamInfo, width: int = 80) -> str:
     return next(line for line in lines if "stream" in line)
 
 
-YELLOW, RED = "\x1b[33m", "\x1b[31m"
+YELLOW, RED, DIM = "\x1b[33m", "\x1b[31m", "\x1b[2m"
 
 
 def test_a_stream_line_shows_its_host_clock_and_late_lines_before_the_rest() -> None:
     """At 80 columns a host's problems stay whole; the lag and heartbeat after them are cut."""
-    web = StreamInfo("web-eu-1", "/var/log/nginx/access.log", 0, T0, False, True, 1234, -180.4)
+    web = StreamInfo("web-eu-1", "/var/log/nginx/access.log", 0, T0, False, True, 1234, -180.4, T0)
     line = stream_line(web)
     assert f"access.log{RED}  clock -180s\x1b[0m{YELLOW}  late 1234\x1b[0m  lag 0 B  he…" in line
     plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
@@ -447,22 +447,26 @@ def test_a_stream_line_shows_its_host_clock_and_late_lines_before_the_rest() -> 
 
 
 @pytest.mark.parametrize(
-    ("late", "offset", "shown"),
+    ("late", "offset", "late_ago", "shown"),
     [
-        (0, None, ""),  # nothing wrong, or a daemon too old to say: the line as it was
-        (0, 5.0, ""),  # within what the daemon lets pass without a warning
-        (0, -4.6, ""),
-        (1, 0.2, f"{YELLOW}  late 1"),
-        (0, 5.4, f"{YELLOW}  clock +5s"),
-        (0, -59.6, f"{YELLOW}  clock -60s"),
-        (0, 60.0, f"{RED}  clock +60s"),
-        (7, -3600.0, f"{RED}  clock -3600s\x1b[0m{YELLOW}  late 7"),
+        (0, None, None, ""),  # nothing wrong, or a daemon too old to say: the line as it was
+        (0, 5.0, None, ""),  # within what the daemon lets pass without a warning
+        (0, -4.6, None, ""),
+        (1, 0.2, 0, f"{YELLOW}  late 1"),
+        (1, 0.2, 3599, f"{YELLOW}  late 1"),
+        (1, 0.2, 3600, f"{DIM}  late 1"),  # an old count, kept for good: not a flag any more
+        (0, 5.4, None, f"{YELLOW}  clock +5s"),
+        (0, -59.6, None, f"{YELLOW}  clock -60s"),
+        (0, 60.0, None, f"{RED}  clock +60s"),
+        (7, -3600.0, 0, f"{RED}  clock -3600s\x1b[0m{YELLOW}  late 7"),
     ],
 )
 def test_a_stream_line_shows_clock_skew_and_late_lines_only_when_there_are_any(
-    late: int, offset: float | None, shown: str
+    late: int, offset: float | None, late_ago: int | None, shown: str
 ) -> None:
-    line = stream_line(StreamInfo("web1", "/a.log", 0, T0, False, True, late, offset))
+    # The view's database time is T0 + 10 s (see stream_line).
+    late_at = None if late_ago is None else T0 + timedelta(seconds=10 - late_ago)
+    line = stream_line(StreamInfo("web1", "/a.log", 0, T0, False, True, late, offset, late_at))
     assert f"web1:/a.log{shown}" + ("\x1b[0m" if shown else "") + "  lag 0 B" in line
 
 

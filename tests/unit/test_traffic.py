@@ -101,8 +101,13 @@ def test_write_live_appends_current_lines(tmp_path: Path) -> None:
     written = write_live(path, [Phase("steady", 2, 10)], seed=5, stop=stop)
     data = path.read_bytes().splitlines()
     assert written == len(data) == 20
+    # The same seed makes the same lines, whatever their second: which ones are valid is
+    # known, so a line that should parse cannot hide among the malformed ones.
+    valid = [ok for _, ok in TrafficGenerator(seed=5).second(0, 20)]
+    assert any(valid)
     parser = Parser(stream_id=1)
-    for line in data:
-        row = parser.parse(line)
+    rows = [parser.parse(line) for line in data]
+    assert [not isinstance(row, Rejected) for row in rows] == valid
+    for row in rows:
         if not isinstance(row, Rejected):
             assert before - 1 <= row[0].timestamp() <= time.time()

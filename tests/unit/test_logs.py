@@ -179,8 +179,12 @@ def test_auto_picks_pretty_on_a_terminal() -> None:
 
     buf = FakeTTY()
     configure_logging("info", "auto", buf)
-    get_logger("puppylogd.test").info("x")
-    assert not buf.getvalue().startswith("{")
+    get_logger("puppylogd.test").info("ready", files=2)
+    text = buf.getvalue()
+    # Written to the stream given (no output would pass for "not JSON"), coloured, one line.
+    assert text.count("\n") == 1 and not text.startswith("{")
+    assert "ready" in text and "puppylogd.test" in text
+    assert "\x1b[" in text
 
 
 def test_reconfigure_replaces_handler() -> None:

@@ -10,6 +10,7 @@ as an older daemon could) with a watermark 3 minutes ahead of the database's clo
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,11 @@ import asyncpg
 import pytest
 
 from puppylogd import db as queries
+from puppylogd import systemd as sd
 from puppylogd.config import Settings
-from puppylogd.daemon import clock_warning
+from puppylogd.daemon import Daemon, clock_warning
 from puppylogd.ingest import StreamIngest
+from puppylogd.logs import configure_logging
 from tests.integration.helpers import append, clf_lines, query_val, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
@@ -259,3 +262,35 @@ def test_a_daemon_whose_clock_is_right_says_nothing_of_it(db_dsn: str, tmp_path:
         assert "host's clock" not in daemon.output()
     offset = query_val(db_dsn, "SELECT clock_offset_s FROM puppylog.log_streams")
     assert offset is not None and abs(offset) < 1.0
+
+
+async def test_a_daemon_whose_clock_is_off_says_so_naming_its_host_and_files(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon measures its clock at start and warns: the test above alone passes without.
+
+    A process's clock cannot be set, so this daemon runs in process and reads a host clock
+    180 s fast through the real query (only the host's side of the measurement is shifted).
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setattr(sd, "_SYSTEMD", None)
+    measure = queries.clock_offset
+
+    async def fast_clock(conn: asyncpg.Connection) -> timedelta:
+        return await measure(conn, lambda: datetime.now(UTC) + timedelta(seconds=180))
+
+    monkeypatch.setattr(queries, "clock_offset", fast_clock)
+    log = tmp_path / "a.log"
+    log.touch()
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        settings = Settings(dsn=db_dsn, log_files=[log], host="web-fast", once=True)
+        assert await asyncio.wait_for(Daemon(settings).run(), timeout=30) == 0
+    finally:
+        configure_logging("warning", "json", stream=io.StringIO())
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (warning,) = [e for e in events if "host's clock" in e["event"]]
+    assert warning["level"] == "warning" and "180 s ahead" in warning["event"], warning
+    assert (warning["host"], warning["files"]) == ("web-fast", [str(log)])
+    assert abs(warning["offset_s"] + 180) < 1.0, warning

@@ -20,7 +20,7 @@ from tests.pg import unique_name
 SCREEN_FILE = Path("/tmp/puppylog-watch-screen.txt")
 
 if shutil.which("tmux") is None:
-    if os.environ.get("CI") == "true":
+    if os.environ.get("CI", "").lower() == "true":  # set by .ci/run
         pytest.fail("tmux is required in CI", pytrace=False)
     pytestmark = pytest.mark.skip(reason="tmux not installed")
 

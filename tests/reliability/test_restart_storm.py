@@ -92,6 +92,9 @@ def test_restart_storm_loses_and_doubles_nothing(db_dsn: str, tmp_path: Path) ->
     elapsed = time.monotonic() - started
     c = assert_exact(db_dsn, lines.valid, lines.invalid)
     assert kills >= 20
+    # A storm whose kills all land while the daemon is idle proves little (18-24 of 25 land
+    # mid-ingest in recorded runs).
+    assert killed_busy >= kills // 4, f"only {killed_busy} of {kills} kills mid-ingest"
     record(
         f"restart storm: SIGKILL x{kills} ({killed_busy} mid-ingest), "
         "2 rename rotations, 1 copytruncate",

@@ -60,11 +60,13 @@ _GROUP_SQL = """
 SELECT id, threshold, window_s, alert_state, heartbeat_timeout_s
 FROM puppylog.log_groups WHERE name = $1
 """
+# Live streams first: the console has room for one to three, and the stopped streams of
+# files no longer followed stay listed for good (their checkpoints must not be forgotten).
 _STREAMS_SQL = """
 SELECT s.host, s.path, s.file_size - s.byte_offset AS lag, s.heartbeat_at, s.stopped,
        s.caught_up, s.lines_late, s.clock_offset_s, s.late_at, now() AS db_now
 FROM puppylog.log_streams s JOIN puppylog.log_groups g ON g.id = s.group_id
-WHERE g.name = $1 ORDER BY s.host, s.path
+WHERE g.name = $1 ORDER BY s.stopped, s.host, s.path
 """
 _RECENT_BUCKETS_SQL = """
 SELECT payload::text FROM (

@@ -243,3 +243,37 @@ def test_an_unreachable_database_is_said_once_and_in_words(tmp_path: Path) -> No
         "[Errno 2] No such file or directory); retrying\n"
     )
     assert state.status == f"unreachable: no server at {short}"
+
+
+def test_live_streams_are_listed_before_stopped_ones(db_dsn: str) -> None:
+    """The console shows one to three streams: a stopped one must not hide a live one."""
+    query_val(db_dsn, "INSERT INTO puppylog.log_groups (name) VALUES ('default')")
+    query_val(
+        db_dsn,
+        "INSERT INTO puppylog.log_streams (group_id, host, path, stopped, heartbeat_at) "
+        "SELECT id, h, p, s, now() FROM puppylog.log_groups, (VALUES "
+        "('a-old', '/var/log/a.log', true), ('b', '/var/log/z.log', false), "
+        "('b', '/var/log/a.log', true), ('c', '/var/log/a.log', false)) AS v (h, p, s) "
+        "WHERE name = 'default'",
+    )
+
+    async def go() -> list[tuple[str, str, bool]]:
+        state = WatchState(group="default")
+        listener = Listener(db_dsn, state, LineSink(io.StringIO(), io.StringIO()))
+        stop = asyncio.Event()
+        task = asyncio.create_task(listener.run(stop))
+        try:
+            deadline = time.monotonic() + 20
+            while not state.streams and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return [(s.host, s.path, s.stopped) for s in state.streams]
+        finally:
+            stop.set()
+            await task
+
+    assert run_async(go) == [
+        ("b", "/var/log/z.log", False),
+        ("c", "/var/log/a.log", False),
+        ("a-old", "/var/log/a.log", True),
+        ("b", "/var/log/a.log", True),
+    ]

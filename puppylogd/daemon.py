@@ -264,9 +264,18 @@ class Daemon:
         applied = await apply_migrations(self._control)
         if applied:
             log.info("migrations applied", migrations=applied)
-        await self._register_group()
-        await self._housekeeping_once()
-        await self._check_connection_budget()
+        try:
+            await self._register_group()
+            await self._housekeeping_once()
+            await self._check_connection_budget()
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # A reader's role, or a login role not yet given the writer's: restarting
+            # cannot help, so one line with the grant rather than a traceback.
+            role = await self._control.fetchval("SELECT current_user")
+            raise DaemonError(
+                f"role {role} may not write to schema puppylog ({exc}): "
+                f"GRANT puppylog_writer TO {role}"
+            ) from exc
         return True
 
     def _waiting_at_start(self, exc: BaseException) -> None:

@@ -24,7 +24,14 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 class MigrationError(Exception):
-    """The database's schema does not match the migrations this puppylogd ships."""
+    """The schema does not match the shipped migrations, or this role may not apply them."""
+
+
+async def _role(conn: asyncpg.Connection) -> tuple[str, str]:
+    """Return the session's role and database, for an error message that says what to grant."""
+    row = await conn.fetchrow("SELECT current_user AS role, current_database() AS db")
+    assert row is not None
+    return str(row["role"]), str(row["db"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +120,29 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
     MigrationError if the applied migrations are not the shipped ones (see the module doc).
     """
     migrations = load_migrations(folder)
-    recorded = await recorded_migrations(conn)
+    try:
+        recorded = await recorded_migrations(conn)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        role, _ = await _role(conn)
+        raise MigrationError(
+            f"role {role} may not read schema puppylog ({exc}): GRANT puppylog_writer TO {role}"
+        ) from exc
     verify(migrations, recorded)
     if {m.version for m in migrations} <= set(recorded):
         return []
+    try:
+        return await _apply_pending(conn, migrations)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # A role made for daemons (no CREATE on the database) meeting a new or older schema.
+        role, dbname = await _role(conn)
+        raise MigrationError(
+            f"role {role} may not create the puppylog schema in database {dbname} ({exc}): "
+            "run `puppylogd migrate` as the database's owner first"
+        ) from exc
+
+
+async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, under the advisory lock; return their names."""
     done: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

@@ -18,6 +18,7 @@ The embedded database's socket directory (only its user may enter) is tested in
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ import asyncpg
 import pytest
 
 from puppylogd.config import PASSWORD_ON_COMMAND_LINE
+from tests import pg
 from tests.conftest import ClusterFactory
 from tests.integration.helpers import (
     append,
@@ -404,3 +406,65 @@ def test_passwords_come_from_pgpass_or_dsn_file_and_never_show(
     assert PASSWORD_ON_COMMAND_LINE in result.stdout + result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     assert counts(owner).rows == 5
+
+
+def _start_refused(dsn: str, log: Path) -> str:
+    """Run the one-shot and the live daemon as ``dsn``'s role; return their one error line."""
+    errors = set()
+    for args in (["--once"], []):
+        result = run_cli(*args, "--log-file", str(log), env={"PUPPYLOG_DSN": dsn}, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = [json.loads(x) for x in result.stderr.splitlines() if '"level": "error"' in x]
+        assert line["event"] == "cannot start"
+        errors.add(line["error"])
+    (error,) = errors
+    return str(error)
+
+
+@pytest.mark.parametrize(
+    ("grant", "says"),
+    [
+        # A login role never given a puppylog role may not even read what is migrated.
+        ("", "may not read schema puppylog (permission denied for schema puppylog): GRANT "),
+        # A reader's role reads, and cannot register its group.
+        ("puppylog_reader", "may not write to schema puppylog (permission denied for "),
+    ],
+)
+def test_a_role_without_the_writers_rights_is_told_the_grant(
+    db_dsn: str, tmp_path: Path, make_role: RoleFactory, grant: str, says: str
+) -> None:
+    """Not a traceback from the start: one line naming the role and the GRANT, exit 1."""
+    dsn = make_role("puppylog_reader")
+    role = urlsplit(dsn).username
+    if not grant:
+        query_val(db_dsn, f"REVOKE puppylog_reader FROM {role}")
+    log = tmp_path / "access.log"
+    log.write_bytes(clf_lines(0, 1, recent(60)))
+    line = _start_refused(dsn, log)
+    assert f"role {role} {says}" in line
+    assert f"GRANT puppylog_writer TO {role}" in line
+
+
+def test_a_role_that_may_not_create_the_schema_is_told_to_migrate_as_the_owner(
+    pg_server: pg.PgServer, tmp_path: Path, make_role: RoleFactory
+) -> None:
+    """A writer's role on a database not migrated yet: the owner must run migrate first."""
+    name = pg.unique_name("e")
+    run_async(lambda: pg.create_database(pg_server.admin_dsn, name))
+    try:
+        parts = urlsplit(make_role("puppylog_writer"))
+        dsn = urlunsplit(parts._replace(path=f"/{name}"))
+        log = tmp_path / "access.log"
+        log.write_bytes(clf_lines(0, 1, recent(60)))
+        line = _start_refused(dsn, log)
+        assert (
+            f"role {parts.username} may not create the puppylog schema in database {name} "
+            "(permission denied for database " in line
+        )
+        assert "run `puppylogd migrate` as the database's owner first" in line
+        migrate = run_cli("migrate", env={"PUPPYLOG_DSN": dsn, "PUPPYLOG_LOG_FORMAT": "json"})
+        assert migrate.returncode == 1
+        assert "run `puppylogd migrate` as the database's owner first" in migrate.stderr
+    finally:
+        run_async(lambda: pg.drop_database(pg_server.admin_dsn, name))

@@ -191,6 +191,9 @@ class Settings(ConnectionSettings):
     def _split_files(cls, value: object) -> object:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
+        if isinstance(value, list) and any(isinstance(p, str) and not p.strip() for p in value):
+            # Path("") is ".": --log-file "" would follow the current directory.
+            raise ValueError("a log file path must not be empty")
         return value
 
     @field_validator("log_files")

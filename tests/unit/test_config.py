@@ -93,6 +93,13 @@ def test_state_dir_is_absolute_and_not_empty(
     assert Settings(state_dir=Path("state")).state_dir == tmp_path / "state"
 
 
+def test_an_empty_log_file_path_is_refused() -> None:
+    assert one_line(log_files=[""]) == (
+        "invalid setting log_files (--log-file / PUPPYLOG_LOG_FILES): "
+        "a log file path must not be empty"
+    )
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_thresholds_must_be_finite(value: str) -> None:
     assert "threshold (--threshold / PUPPYLOG_THRESHOLD)" in one_line(threshold=value)

@@ -14,7 +14,7 @@ import asyncpg
 from rich.console import Console
 from rich.live import Live
 
-from puppylog_watch.listener import CONNECTION_ERRORS, Listener, WatchFatal
+from puppylog_watch.listener import CONNECTION_ERRORS, Listener, WatchFatal, explain, refused
 from puppylog_watch.models import AlertPayload, StatsPayload
 from puppylog_watch.render import (
     WatchView,
@@ -26,6 +26,7 @@ from puppylog_watch.render import (
     safe,
 )
 from puppylog_watch.state import AlertEvent, WatchState
+from puppylogd import db
 from puppylogd.logs import mask_dsn
 
 __all__ = ["LineSink", "LiveSink", "OutputError", "run_history", "run_watch"]
@@ -288,17 +289,29 @@ HISTORY_CONNECT_TIMEOUT = 10.0
 async def _fetch_history(
     dsn: str, group: str, since: datetime | None
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """Return whether ``group`` exists, and its alerts."""
-    conn = await asyncpg.connect(
-        dsn,
-        timeout=HISTORY_CONNECT_TIMEOUT,
-        server_settings={"application_name": "puppylog-watch"},
-    )
+    """Return whether ``group`` exists, and its alerts.
+
+    Raise :class:`WatchFatal` with the live watch's words (and fix) when the server refuses.
+    """
     try:
-        exists = await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM puppylog.log_groups WHERE name = $1)", group
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=HISTORY_CONNECT_TIMEOUT,
+            server_settings={"application_name": "puppylog-watch"},
         )
-        rows = await conn.fetch(_HISTORY_SQL, group, since)
+    except db.CONNECTION_ERRORS:
+        raise  # unreachable, starting, out of slots: said by run_history
+    except asyncpg.PostgresError as exc:
+        raise WatchFatal(refused(dsn, exc)) from exc
+    try:
+        user = str(await conn.fetchval("SELECT current_user"))
+        try:
+            exists = await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM puppylog.log_groups WHERE name = $1)", group
+            )
+            rows = await conn.fetch(_HISTORY_SQL, group, since)
+        except asyncpg.PostgresError as exc:
+            raise WatchFatal(await explain(conn, exc, user)) from exc
     finally:
         await conn.close()
     return bool(exists), [dict(r) for r in rows]
@@ -314,6 +327,8 @@ def run_history(dsn: str, group: str, since: datetime | None, console: Console) 
         exists, rows = asyncio.run(_fetch_history(dsn, group, since))
     except KeyboardInterrupt:
         return 130
+    except WatchFatal as exc:
+        return _fatal(exc, sys.stderr)
     except TimeoutError:
         print(
             f"puppylog-watch: cannot read the alert history: timed out after "

@@ -56,6 +56,33 @@ class WatchFatal(Exception):
     """The server answered with an error that retrying cannot fix; the watch ends (exit 1)."""
 
 
+def refused(dsn: str, exc: asyncpg.PostgresError) -> str:
+    """Return one line saying that the server refused the DSN (password masked)."""
+    return f"cannot connect to {mask_dsn(dsn)}: {exc} (check --dsn / PUPPYLOG_DSN)"
+
+
+async def explain(conn: asyncpg.Connection, exc: asyncpg.PostgresError, user: str) -> str:
+    """Return one line saying why setting up a session failed, with the likely fix."""
+    user = user or "this role"
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return f"role {user} may not read schema puppylog ({exc}): GRANT puppylog_reader TO {user}"
+    if isinstance(exc, asyncpg.InvalidSchemaNameError | asyncpg.UndefinedTableError):
+        has_schema = None
+        with contextlib.suppress(*db.DB_ERRORS):
+            has_schema = await conn.fetchval("SELECT to_regnamespace('puppylog') IS NOT NULL")
+        if not has_schema:
+            return (
+                "the database has no puppylog schema: run puppylogd (or `puppylogd "
+                "migrate`) against it first"
+            )
+    if isinstance(exc, asyncpg.SyntaxOrAccessError):
+        return (
+            f"the puppylog schema is not what this version reads ({exc}): run "
+            "`puppylogd migrate` with this version, or use the matching puppylog-watch"
+        )
+    return f"cannot read the puppylog tables: {exc}"
+
+
 _GROUP_SQL = """
 SELECT id, threshold, window_s, alert_state, heartbeat_timeout_s
 FROM puppylog.log_groups WHERE name = $1
@@ -187,10 +214,7 @@ class Listener:
                 continue
             except asyncpg.PostgresError as exc:
                 if not self.connects:
-                    raise WatchFatal(
-                        f"cannot connect to {mask_dsn(self.dsn)}: {exc} "
-                        "(check --dsn / PUPPYLOG_DSN)"
-                    ) from exc
+                    raise WatchFatal(refused(self.dsn, exc)) from exc
                 self._set_status(False, connect_failed(exc, self.dsn, timeout=self.connect_timeout))
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)
@@ -217,27 +241,7 @@ class Listener:
                 delay = min(delay * 2, self.max_backoff)
 
     async def _explain(self, conn: asyncpg.Connection, exc: asyncpg.PostgresError) -> str:
-        """Return one line saying why setting up a session failed, with the likely fix."""
-        user = self._user or "this role"
-        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-            return (
-                f"role {user} may not read schema puppylog ({exc}): GRANT puppylog_reader TO {user}"
-            )
-        if isinstance(exc, asyncpg.InvalidSchemaNameError | asyncpg.UndefinedTableError):
-            has_schema = None
-            with contextlib.suppress(*db.DB_ERRORS):
-                has_schema = await conn.fetchval("SELECT to_regnamespace('puppylog') IS NOT NULL")
-            if not has_schema:
-                return (
-                    "the database has no puppylog schema: run puppylogd (or `puppylogd "
-                    "migrate`) against it first"
-                )
-        if isinstance(exc, asyncpg.SyntaxOrAccessError):
-            return (
-                f"the puppylog schema is not what this version reads ({exc}): run "
-                "`puppylogd migrate` with this version, or use the matching puppylog-watch"
-            )
-        return f"cannot read the puppylog tables: {exc}"
+        return await explain(conn, exc, self._user)
 
     def _set_status(self, connected: bool, status: str | Outage) -> None:
         text = status.status if isinstance(status, Outage) else status

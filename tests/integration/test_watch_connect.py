@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from puppylog_watch.app import LineSink
 from puppylog_watch.listener import Listener
@@ -46,26 +47,30 @@ def watch(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(db_dsn: str) -> None:
+@pytest.mark.parametrize("mode", ["--plain", "--history"])
+def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(db_dsn: str, mode: str) -> None:
     """No such role or database: said once, password masked, instead of retried forever."""
-    no_role = watch("--plain", "--dsn", with_user(db_dsn, "nosuchrole:s3cret"))
+    no_role = watch(mode, "--dsn", with_user(db_dsn, "nosuchrole:s3cret"))
     assert no_role.returncode == 1, no_role
     assert len(no_role.stderr.splitlines()) == 1, no_role.stderr
     assert no_role.stderr.startswith("puppylog-watch: error: cannot connect to postgresql://")
     assert '"nosuchrole" does not exist' in no_role.stderr
     assert "s3cret" not in no_role.stderr and "nosuchrole:***@" in no_role.stderr
-    no_db = watch("--json", "--dsn", pg.with_database(db_dsn, "nosuchdb"))
+    no_db = watch(
+        "--json" if mode == "--plain" else mode, "--dsn", pg.with_database(db_dsn, "nosuchdb")
+    )
     assert no_db.returncode == 1, no_db
     assert len(no_db.stderr.splitlines()) == 1 and '"nosuchdb" does not exist' in no_db.stderr
 
 
+@pytest.mark.parametrize("mode", ["--plain", "--history"])
 def test_a_role_without_rights_is_told_what_to_grant(
-    db_dsn: str, unique_name: Callable[[str], str]
+    db_dsn: str, unique_name: Callable[[str], str], mode: str
 ) -> None:
     role = unique_name("nobody")
     query_val(db_dsn, f"CREATE ROLE {role} LOGIN")
     try:
-        out = watch("--plain", "--dsn", with_user(db_dsn, role))
+        out = watch(mode, "--dsn", with_user(db_dsn, role))
     finally:
         query_val(db_dsn, f"DROP ROLE {role}")
     assert out.returncode == 1, out
@@ -74,13 +79,14 @@ def test_a_role_without_rights_is_told_what_to_grant(
     assert out.stderr.endswith(f": GRANT puppylog_reader TO {role}\n")
 
 
+@pytest.mark.parametrize("mode", ["--plain", "--history"])
 def test_a_database_without_the_schema_says_to_migrate(
-    pg_server: pg.PgServer, unique_name: Callable[[str], str]
+    pg_server: pg.PgServer, unique_name: Callable[[str], str], mode: str
 ) -> None:
     name = unique_name("bare")
     run_async(lambda: pg.create_database(pg_server.admin_dsn, name))
     try:
-        out = watch("--plain", "--dsn", pg_server.dsn(name))
+        out = watch(mode, "--dsn", pg_server.dsn(name))
     finally:
         run_async(lambda: pg.drop_database(pg_server.admin_dsn, name))
     assert out.returncode == 1, out

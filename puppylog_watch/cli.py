@@ -111,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    from puppylogd.cli import KNOWN_ENV
+    from puppylogd.config import unknown_settings
+
+    # A mistyped PUPPYLOG_DSN would otherwise read as "no DSN configured".
+    for warning in unknown_settings(os.environ, known=KNOWN_ENV):
+        print(f"puppylog-watch: warning: {warning}", file=sys.stderr)
     try:
         dsn, _note = resolve_dsn(args.dsn, args.dsn_file, args.state_dir)
     except WatchError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,22 @@ def test_help_shows_every_settings_default_but_no_secret(
     assert "puppylogd run --help" in _help(capsys)  # the top level says where they are
     migrate = _help(capsys, "migrate")
     assert "(env PUPPYLOG_DSN; default unset)" in migrate and "s3cret" not in migrate
+
+
+def test_the_watch_names_a_mistyped_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PUPPYLOG_DNS must not pass silently for "no DSN configured"."""
+    from puppylog_watch import cli as watch_cli
+
+    for name in [n for n in os.environ if n.startswith("PUPPYLOG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PUPPYLOG_DNS", "postgresql://db.example.com/puppylog")
+    monkeypatch.setenv("PUPPYLOG_THRESHOLD", "7")  # the daemon's: no typo
+    assert watch_cli.main(["--plain", "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "puppylog-watch: warning: PUPPYLOG_DNS is not a setting and is ignored "
+        "(did you mean PUPPYLOG_DSN?)"
+    )
+    assert len(err) == 2 and err[1].startswith("puppylog-watch: error: no DSN configured")

@@ -111,6 +111,18 @@ def test_hardening(unit: dict[str, dict[str, list[str]]], key: str, value: str) 
     assert _single(unit, "Service", key) == value
 
 
+def test_a_start_that_keeps_failing_ends_failed(unit: dict[str, dict[str, list[str]]]) -> None:
+    """A daemon that exits at once (a refused DSN) stops restarting; a watchdog restart does not."""
+    interval = float(_single(unit, "Unit", "StartLimitIntervalSec"))
+    burst = int(_single(unit, "Unit", "StartLimitBurst"))
+    restart = float(_single(unit, "Service", "RestartSec"))
+    watchdog = float(_single(unit, "Service", "WatchdogSec"))
+    # Each failed start costs RestartSec and about a second to start and fail.
+    assert burst * (restart + 1) <= interval
+    # Restarts by the watchdog are at least WatchdogSec apart: burst of them never fit.
+    assert (burst - 1) * watchdog >= interval
+
+
 def test_no_private_tmp(unit: dict[str, dict[str, list[str]]]) -> None:
     # The default log file is /tmp/access.log; a private /tmp would hide it.
     for section in unit.values():
@@ -257,9 +269,8 @@ def test_packaging_readme_matches_the_unit(unit: dict[str, dict[str, list[str]]]
     for key, value in claims:
         if (key, value) in DROP_IN_EXAMPLES:
             continue
-        assert value in service.get(key, []), (
-            f"README says {key}={value}; the unit: {service.get(key)}"
-        )
+        values = service.get(key, []) + unit["Unit"].get(key, [])
+        assert value in values, f"README says {key}={value}; the unit: {values}"
     for name in re.findall(r"^\| `([^`]+)` \|", text, re.M):
         assert (PACKAGING / name).is_file(), f"README lists {name}, which is not in {PACKAGING}"
     for key in ("StateDirectory", "RuntimeDirectory", "ConfigurationDirectory"):

@@ -54,3 +54,11 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert blocks[0].endswith("puppylogd demo")
     assert blocks[1].endswith("python -m pytest")
     assert README.index(blocks[1]) < README.index("## ")
+
+
+def test_design_notes_list_every_module() -> None:
+    """docs/design.md's module table names every module of the daemon."""
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    for module in sorted((ROOT / "puppylogd").glob("*.py")):
+        if module.stem not in ("__init__", "__main__"):
+            assert f"| `puppylogd/{module.name}` |" in design, module.name

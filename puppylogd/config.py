@@ -130,6 +130,14 @@ class ConnectionSettings(BaseSettings):
         # Relative to the directory of the start: later chdirs must not move the database.
         return Path(os.path.abspath(value))
 
+    def dsn_source(self) -> str:
+        """Return where the DSN comes from, for an error that says what to check."""
+        if self.dsn:
+            return "--dsn / PUPPYLOG_DSN"
+        if self.dsn_file is not None:
+            return f"the DSN file {self.dsn_file}, --dsn-file / PUPPYLOG_DSN_FILE"
+        return f"the embedded database under {self.state_dir}"
+
     def resolved_dsn(self) -> str | None:
         """Return the DSN from ``dsn`` or ``dsn_file``; None means the embedded database."""
         if self.dsn:

@@ -159,11 +159,12 @@ async def connect_with_retry(
     application_name: str = "puppylogd",
     on_wait: Callable[[BaseException], None] = lambda _exc: None,
     max_delay: float = 10.0,
+    source: str = "--dsn / PUPPYLOG_DSN",
 ) -> asyncpg.Connection | None:
     """Connect, waiting (and saying so) while the database is unreachable; None if stopped.
 
     ``on_wait`` is called with the error of every attempt that failed and will be retried;
-    attempts are at most ``max_delay`` seconds apart.
+    attempts are at most ``max_delay`` seconds apart. ``source`` says where the DSN was set.
     """
     delay = 0.25
     warned = False
@@ -182,9 +183,7 @@ async def connect_with_retry(
         except asyncpg.PostgresError as exc:
             # The server answered and refused (no such database or role, a wrong password,
             # pg_hba.conf): retrying cannot help until the setting is fixed.
-            raise DaemonError(
-                f"cannot connect to {mask_dsn(dsn)}: {exc} (check --dsn / PUPPYLOG_DSN)"
-            ) from exc
+            raise DaemonError(f"cannot connect to {mask_dsn(dsn)}: {exc} (check {source})") from exc
     return None
 
 
@@ -257,6 +256,7 @@ class Daemon:
             on_wait=self._waiting_at_start,
             # Each failed attempt counts as progress: often enough to feed the watchdog.
             max_delay=self._reopen_seconds(),
+            source=self.settings.dsn_source(),
         )
         self._start_waiting = False
         if self._control is None:

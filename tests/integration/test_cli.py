@@ -367,12 +367,20 @@ def test_a_dsn_the_server_refuses_is_one_clear_line(
         dsn = urlunsplit(parts._replace(netloc=f"no_such_role:S3cret@{host}"))
     log = tmp_path / "access.log"
     log.write_bytes(clf_lines(0, 1, recent(60)))
-    for args in (["--once"], []):  # the one-shot run and the daemon alike
-        result = run_cli(*args, "--log-file", str(log), env={"PUPPYLOG_DSN": dsn}, timeout=30)
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn + "\n")
+    for args, env, check in (
+        # the one-shot run and the daemon alike
+        (["--once"], {"PUPPYLOG_DSN": dsn}, "check --dsn / PUPPYLOG_DSN"),
+        ([], {"PUPPYLOG_DSN": dsn}, "check --dsn / PUPPYLOG_DSN"),
+        # the line points at where the DSN came from
+        (["--once"], {"PUPPYLOG_DSN_FILE": str(dsn_file)}, f"check the DSN file {dsn_file}, "),
+    ):
+        result = run_cli(*args, "--log-file", str(log), env=env, timeout=30)
         assert result.returncode == 1, result.stderr
         (line,) = [json.loads(x) for x in result.stderr.splitlines()]
         assert line["event"] == "cannot start"
         name = "no_such_db" if wrong == "database" else "no_such_role"
         assert f'{wrong} "{name}" does not exist' in line["error"]
-        assert "check --dsn / PUPPYLOG_DSN" in line["error"]
+        assert check in line["error"]
         assert "S3cret" not in result.stderr + result.stdout

@@ -36,6 +36,8 @@ HOUSEKEEPING_SECONDS = 3600.0
 # daemon's own connection CLOSE_SECONDS each, 16 s in all.
 STOP_GRACE_SECONDS = 10.0
 CLOSE_SECONDS = 3.0
+# How long a stopped --once may take to commit the batches in flight before it is cancelled.
+STOP_ONCE_SECONDS = 10.0
 # How often a log file that cannot be opened (permissions, symlink loop...) is tried again.
 REOPEN_SECONDS = 5.0
 WAITING_FOR_DB = "waiting for database"
@@ -221,6 +223,8 @@ class Daemon:
         # The start has registered the group and started the streams (see reload).
         self._started = False
         self._reload_deferred = False
+        # The first SIGTERM/SIGINT received (--once then exits 128 + its number).
+        self._stop_signal: signal.Signals | None = None
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -754,6 +758,7 @@ class Daemon:
         def on_stop(signame: str) -> None:
             log.info("stopping", signal=signame)
             self.systemd.stopping()
+            self._stop_signal = self._stop_signal or signal.Signals[signame]
             self.stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -775,7 +780,7 @@ class Daemon:
                 # start waiting, says READY (see _status_loop).
                 status = asyncio.create_task(self._status_loop(), name="status")
             if not await self._prepare_database():
-                return 0
+                return self._once_stopped_code() if self.settings.once else 0
             if status is None:
                 return await self._run_once()
             return await self._run_forever(status)
@@ -838,12 +843,7 @@ class Daemon:
                     missing.append(str(path))
                     continue
                 readable.append(ingest)
-            await asyncio.gather(
-                *(
-                    asyncio.create_task(i.run_once(self._once_connections), name=f"once:{i.path}")
-                    for i in readable
-                )
-            )
+            await self._store_once(readable)
         finally:
             for ingest in ingests:
                 await ingest.mark_stopped()
@@ -863,6 +863,17 @@ class Daemon:
                 lines=too_old,
                 retention_days=self.settings.retention_days,
             )
+        if self._stop_signal is not None:
+            # Stopped before the end of the files: not "done", and a script must see it.
+            log.warning(
+                "once: stopped before the end of the files; a later run goes on from there",
+                stored=stored,
+                rejected=rejected,
+                rejected_reasons=reasons,
+                signal=self._stop_signal.name,
+                **late,
+            )
+            return self._once_stopped_code()
         if missing:
             log.error(
                 "once: done, but some files could not be read",
@@ -875,6 +886,49 @@ class Daemon:
             return 1
         log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons, **late)
         return 0
+
+    def _once_stopped_code(self) -> int:
+        """Return --once's exit status when stopped before the end: 128 + the signal's number."""
+        return 128 + (self._stop_signal or signal.SIGTERM)
+
+    async def _store_once(self, ingests: list[StreamIngest]) -> None:
+        """Run every file's ``run_once``; on a stop, give them a moment to commit, then cancel.
+
+        A stopped ``run_once`` starts no new batch and commits those in flight; one waiting
+        for an unreachable database would wait for ever, so it is cancelled (what it has not
+        committed is read again by a later run, from the checkpoint).
+        """
+        tasks = [
+            asyncio.create_task(
+                i.run_once(self._once_connections, self.stop), name=f"once:{i.path}"
+            )
+            for i in ingests
+        ]
+        if not tasks:
+            return
+        stopping = asyncio.create_task(self.stop.wait(), name="once-stop-wait")
+        try:
+            pending: set[asyncio.Task[None]] = set(tasks)
+            while pending and not stopping.done():
+                done, _ = await asyncio.wait(
+                    pending | {stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done - {stopping}:
+                    task.result()  # a file's failure ends the run, as it always did
+                pending -= done
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=STOP_ONCE_SECONDS)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                for task in tasks:
+                    if not task.cancelled():
+                        task.result()
+        finally:
+            stopping.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(stopping, *tasks, return_exceptions=True)
 
     def _task_died(self, task: asyncio.Task[Any], helpers: list[asyncio.Task[None]]) -> bool:
         """Handle a finished task; return True (after logging why) if the daemon must end."""

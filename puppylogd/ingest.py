@@ -725,8 +725,12 @@ class StreamIngest:
                 bytes=left,
             )
 
-    async def run_once(self, connections: int = 2) -> None:
+    async def run_once(self, connections: int = 2, stop: asyncio.Event | None = None) -> None:
         """Store what the file holds now, close its time at its last timestamp, and return.
+
+        Once ``stop`` is set no further batch starts: the batches in flight are committed
+        and it returns, its time left where the stored lines put it (not closed at the
+        end of the file, which was not reached); a later run goes on from the checkpoint.
 
         Two connections take turns: a batch's rows are copied on one while the batch before
         finishes on the other (its rejects, its checkpoint, the group's evaluation and the
@@ -739,6 +743,7 @@ class StreamIngest:
         """
         if connections not in (1, 2):
             raise ValueError(f"run_once takes 1 or 2 connections, not {connections}")
+        stop = stop or asyncio.Event()
         while True:
             # In flight, oldest first (at most one per connection).
             commits: list[tuple[asyncio.Task[None], Progress]] = []
@@ -746,7 +751,7 @@ class StreamIngest:
             try:
                 spare = False
                 chunk = self._tailer.read_available(self.settings.batch_lines)
-                while chunk is not None:
+                while chunk is not None and not stop.is_set():
                     # Parse the next batch while PostgreSQL stores the previous ones (the
                     # parse yields between slices, so the commits keep going).
                     batch = await self._prepare(chunk)
@@ -779,6 +784,9 @@ class StreamIngest:
                 while commits:
                     await commits[0][0]
                     del commits[0]
+                if stop.is_set():
+                    await self._heartbeat()
+                    return
                 self._warn_unterminated()
                 # Time stops at the last timestamp: close that second too (but never a
                 # second the wall clock has not reached: a fast clock must not close it).
@@ -791,6 +799,12 @@ class StreamIngest:
                 for task, _ in commits:
                     task.cancel()
                 await asyncio.gather(*(task for task, _ in commits), return_exceptions=True)
+                if stop.is_set():
+                    # Not retried: a later run reads it again from the checkpoint.
+                    log.warning(
+                        "stopped with a batch not stored", path=str(self.path), error=str(exc)
+                    )
+                    return
                 await self._handle_failure(exc)
 
     async def _until(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from tests.integration.helpers import (
     append,
     clf_lines,
     count_rows,
+    daemon_cmd,
+    daemon_env,
     query_rows,
     query_val,
     recent,
@@ -384,3 +388,40 @@ def test_a_dsn_the_server_refuses_is_one_clear_line(
         assert f'{wrong} "{name}" does not exist' in line["error"]
         assert check in line["error"]
         assert "S3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_once_stopped_midway_exits_128_plus_the_signal_and_a_rerun_stores_the_rest_once(
+    db_dsn: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C ends a long --once at once, committing what is in flight; not a silent 0."""
+    total = 60_000
+    log = tmp_path / "big.log"
+    log.write_bytes(clf_lines(0, total, recent(120)))
+    stored = "SELECT coalesce(sum(lines_stored), 0) FROM puppylog.log_streams"
+    proc = subprocess.Popen(
+        daemon_cmd(db_dsn, log, once=True, batch_lines=500),
+        env=daemon_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: query_val(db_dsn, stored) > 0, 30)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + sig, err
+    events = [json.loads(line) for line in err.splitlines()]
+    (summary,) = [e for e in events if e["event"].startswith("once: stopped before the end")]
+    assert (summary["level"], summary["signal"]) == ("warning", sig.name)
+    assert 0 < summary["stored"] < total
+    assert not [e for e in events if e["event"].startswith("once: done")]
+    assert summary["stored"] == query_val(db_dsn, stored) == count_rows(db_dsn)
+    done = [json.loads(line) for line in run_once(db_dsn, log).stderr.splitlines()][-1]
+    assert done["event"] == "once: done" and done["stored"] == total - summary["stored"]
+    assert count_rows(db_dsn) == total
+    distinct = "SELECT count(DISTINCT path) FROM puppylog.log_records"
+    assert query_val(db_dsn, distinct) == total  # each line once (clf_lines: one path per id)

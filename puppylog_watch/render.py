@@ -333,32 +333,62 @@ def _stream_problems(s: StreamInfo, now: datetime) -> Text:
     return t
 
 
+LAG_WARN_BYTES = 1_000_000  # a lag shown in yellow
+
+
+def _silent(s: StreamInfo, now: datetime, timeout_s: float) -> bool:
+    return s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s
+
+
+def _urgency(s: StreamInfo, now: datetime, timeout_s: float) -> int:
+    """Return where a stream's line goes: 0 silent, 1 a problem shown, 2 fine, 3 stopped."""
+    if s.stopped:
+        return 3
+    if _silent(s, now, timeout_s):
+        return 0
+    if (
+        (s.lag_bytes or 0) > LAG_WARN_BYTES
+        or (s.clock_offset_s is not None and abs(s.clock_offset_s) > CLOCK_WARN_S)
+        or (s.lines_late > 0 and s.late_at is not None and now - s.late_at < LATE_RECENT)
+    ):
+        return 1
+    return 2
+
+
 def _streams_text(
     streams: Sequence[StreamInfo], now: datetime, rows: int, timeout_s: float
 ) -> Text:
-    """Return one line per stream; ``now`` is the database's time (heartbeats are its).
+    """Return one line per stream, those that need a look first; ``now`` is the database's.
 
-    A line too long is cut at the end: a problem of the stream's host comes right after its
-    name, before the lag and heartbeat.
+    There is room for one to three lines, so a silent stream, then one with a problem
+    (clock, late lines, lag), come before the others, and stopped ones last (in host and
+    path order within each). A line too long is cut at the end: a problem of the stream's
+    host comes right after its name, before the lag and heartbeat.
     """
     t = Text(no_wrap=True, overflow="ellipsis")
     if not streams:
         t.append(" streams: none yet", style="dim")
         return t
-    for i, s in enumerate(streams[:rows]):
+    ranked = sorted(streams, key=lambda s: _urgency(s, now, timeout_s))
+    for i, s in enumerate(ranked[:rows]):
         if i:
             t.append("\n")
         t.append(" stream ", style="dim")
         t.append(safe(f"{s.host}:{s.path}"))
         t.append_text(_stream_problems(s, now))
         lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
-        t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > 1_000_000 else "")
-        silent = s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s
+        t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > LAG_WARN_BYTES else "")
+        silent = _silent(s, now, timeout_s)
         t.append(f"  heartbeat {_ago(s.heartbeat_at, now)}", style="bold red" if silent else "")
         if s.stopped:
             t.append("  stopped", style="yellow")
-    if len(streams) > rows:
-        t.append(f"  (+{len(streams) - rows} more)", style="dim")
+    hidden = ranked[rows:]
+    if hidden:
+        troubled = sum(1 for s in hidden if _urgency(s, now, timeout_s) < 2)
+        if troubled:
+            t.append(f"  (+{len(hidden)} more, {troubled} need a look)", style="yellow")
+        else:
+            t.append(f"  (+{len(hidden)} more)", style="dim")
     return t
 
 

@@ -53,6 +53,7 @@ RECOVERY = (
     '10.0, "triggered_at": "2026-11-28T04:30:00+00:00"}'
 )
 T0 = datetime(2026, 11, 28, 4, 20, tzinfo=UTC)
+DAY = timedelta(days=1)
 
 
 def stats_at(i: int, rps: float, **over: Any) -> StatsPayload:
@@ -472,3 +473,34 @@ def test_a_stream_line_shows_clock_skew_and_late_lines_only_when_there_are_any(
 
 def test_the_console_shows_a_clock_from_where_its_daemon_warns_of_it() -> None:
     assert timedelta(seconds=CLOCK_WARN_S) == CLOCK_SKEW_WARN
+
+
+def streams_line(streams: list[StreamInfo]) -> str:
+    """Return the streams' line of an 80 x 24 view (room for one stream), no colours."""
+    state = alert_state()
+    state.clock_offset = timedelta(seconds=-590)  # the database's time: T0 + 10 s
+    state.streams = streams
+    console = Console(width=80, height=24, record=True, force_terminal=True, file=io.StringIO())
+    console.print(WatchView(state, now=T0 + timedelta(minutes=10)))
+    lines = console.export_text().splitlines()
+    (line,) = [line for line in lines if line.startswith(" stream")]
+    return line.rstrip()
+
+
+def test_the_stream_that_needs_a_look_gets_the_one_line_there_is_room_for() -> None:
+    fine = StreamInfo("a-web", "/a.log", 0, T0, False, True)
+    stopped = StreamInfo("a-old", "/a.log", 0, T0 - timedelta(days=3), True, False)
+    silent = StreamInfo("z-web", "/a.log", 0, T0 - timedelta(minutes=5), False, False)
+    skewed = StreamInfo("y-web", "/a.log", 0, T0, False, True, 0, -30.0)
+    behind = StreamInfo("x-web", "/a.log", 5_000_000, T0, False, False)
+    late = StreamInfo("w-web", "/a.log", 0, T0, False, True, 12, None, T0)
+    late_long_ago = StreamInfo("v-web", "/a.log", 0, T0, False, True, 12, None, T0 - DAY)
+    assert streams_line([stopped, fine]).startswith(" stream a-web:/a.log  lag 0 B")
+    assert streams_line([stopped, fine]).endswith("(+1 more)")
+    assert streams_line([stopped, fine, silent]).startswith(" stream z-web:/a.log")
+    assert streams_line([stopped, fine, silent, skewed]).endswith("(+3 more, 1 need a look)")
+    for troubled in (skewed, behind, late):
+        line = streams_line([stopped, late_long_ago, fine, troubled])
+        assert line.startswith(f" stream {troubled.host}:"), line
+        assert line.endswith("(+3 more)"), line
+    assert streams_line([late_long_ago, fine]).startswith(" stream v-web:")  # host order

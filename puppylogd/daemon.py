@@ -384,6 +384,18 @@ class Daemon:
                 offset_s=round(offset.total_seconds(), 1),
             )
 
+    def _new_ingest(self, path: Path) -> StreamIngest:
+        """Return the (not yet registered) stream of ``path`` with this daemon's callbacks."""
+        return StreamIngest(
+            self.settings,
+            self.dsn,
+            path,
+            self.group_id,
+            on_progress=self._progress,
+            on_rejected=self._rejected,
+            clock_offset=self._clock_offset,
+        )
+
     async def _start_stream(self, path: Path) -> None:
         """Register one file's stream and start following it in its own named task.
 
@@ -394,15 +406,7 @@ class Daemon:
         slot taken) goes on in the stream's task, so that neither the other files nor the
         start or reload wait for it.
         """
-        ingest = StreamIngest(
-            self.settings,
-            self.dsn,
-            path,
-            self.group_id,
-            on_progress=self._progress,
-            on_rejected=self._rejected,
-            clock_offset=self._clock_offset,
-        )
+        ingest = self._new_ingest(path)
         registering = asyncio.create_task(self._register(ingest), name=f"register:{path}")
         waiting = asyncio.create_task(ingest.db_wait.wait(), name=f"register:{path}:db-wait")
         try:
@@ -810,14 +814,7 @@ class Daemon:
         missing: list[str] = []
         try:
             for path in self.settings.log_files:
-                ingest = StreamIngest(
-                    self.settings,
-                    self.dsn,
-                    path,
-                    self.group_id,
-                    on_rejected=self._rejected,
-                    clock_offset=self._clock_offset,
-                )
+                ingest = self._new_ingest(path)
                 ingests.append(ingest)
                 if _missing(path) and not await ingest.is_known():
                     # Most likely a mistyped path: say so without leaving a stream for it in

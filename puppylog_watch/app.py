@@ -14,7 +14,14 @@ import asyncpg
 from rich.console import Console
 from rich.live import Live
 
-from puppylog_watch.listener import CONNECTION_ERRORS, Listener, WatchFatal, explain, refused
+from puppylog_watch.listener import (
+    CONNECTION_ERRORS,
+    DSN_FLAGS,
+    Listener,
+    WatchFatal,
+    explain,
+    refused,
+)
 from puppylog_watch.models import AlertPayload, StatsPayload
 from puppylog_watch.render import (
     WatchView,
@@ -181,15 +188,19 @@ def run_watch(
     out: TextIO | None = None,
     err: TextIO | None = None,
     stop: asyncio.Event | None = None,
+    source: str = DSN_FLAGS,
 ) -> int:
     """Run the watch in ``mode`` ("live", "plain" or "json") until Ctrl-C; return 0.
 
     Return 1 after one line on stderr when the output cannot be written (0 if the reader of a
-    pipe left) or the server refuses the first session (:class:`WatchFatal`).
+    pipe left) or the server refuses the first session (:class:`WatchFatal`; ``source`` names
+    where the DSN was set).
     """
     state = WatchState(group=group)
     return asyncio.run(
-        watch_async(dsn, state, mode=mode, console=console, out=out, err=err, stop=stop)
+        watch_async(
+            dsn, state, mode=mode, console=console, out=out, err=err, stop=stop, source=source
+        )
     )
 
 
@@ -202,6 +213,7 @@ async def watch_async(
     out: TextIO | None = None,
     err: TextIO | None = None,
     stop: asyncio.Event | None = None,
+    source: str = DSN_FLAGS,
 ) -> int:
     """The watch as a coroutine (the demo runs it next to its other tasks)."""
     stop = stop or asyncio.Event()
@@ -210,7 +222,7 @@ async def watch_async(
     if mode in ("plain", "json"):
         sink = LineSink(out, err, json_mode=mode == "json")
         try:
-            await _run(Listener(dsn, state, sink), stop)
+            await _run(Listener(dsn, state, sink, source=source), stop)
         except OutputError as exc:
             return _output_failed(exc.__cause__ or exc, out, err)
         except WatchFatal as exc:
@@ -228,7 +240,7 @@ async def watch_async(
             redirect_stderr=False,
         ) as live:
             live.refresh()
-            await _run(Listener(dsn, state, LiveSink(live, state)), stop)
+            await _run(Listener(dsn, state, LiveSink(live, state), source=source), stop)
         if not state.connected and state.status_detail:
             # The header had room for the gist only; the whole of it outlives the screen.
             _say(err, f"puppylog-watch: {safe(state.status_detail)}")
@@ -287,7 +299,7 @@ HISTORY_CONNECT_TIMEOUT = 10.0
 
 
 async def _fetch_history(
-    dsn: str, group: str, since: datetime | None
+    dsn: str, group: str, since: datetime | None, source: str = DSN_FLAGS
 ) -> tuple[bool, list[dict[str, Any]]]:
     """Return whether ``group`` exists, and its alerts.
 
@@ -302,7 +314,7 @@ async def _fetch_history(
     except db.CONNECTION_ERRORS:
         raise  # unreachable, starting, out of slots: said by run_history
     except asyncpg.PostgresError as exc:
-        raise WatchFatal(refused(dsn, exc)) from exc
+        raise WatchFatal(refused(dsn, exc, source)) from exc
     try:
         user = str(await conn.fetchval("SELECT current_user"))
         try:
@@ -317,14 +329,16 @@ async def _fetch_history(
     return bool(exists), [dict(r) for r in rows]
 
 
-def run_history(dsn: str, group: str, since: datetime | None, console: Console) -> int:
+def run_history(
+    dsn: str, group: str, since: datetime | None, console: Console, source: str = DSN_FLAGS
+) -> int:
     """Print the table of past alerts and return 0 (1 if the database cannot be read).
 
     Ctrl-C before the table is printed ends it quietly with 130, as an interrupted command
     (the history is incomplete; the live watch, which runs until stopped, exits 0).
     """
     try:
-        exists, rows = asyncio.run(_fetch_history(dsn, group, since))
+        exists, rows = asyncio.run(_fetch_history(dsn, group, since, source))
     except KeyboardInterrupt:
         return 130
     except WatchFatal as exc:

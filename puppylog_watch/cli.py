@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_dsn(
     dsn: str | None, dsn_file: Path | None, state_dir: Path | None
-) -> tuple[str, str | None]:
-    """Return (dsn, note): the configured DSN, else the daemon's running embedded database.
+) -> tuple[str, str]:
+    """Return (dsn, source): the configured DSN, else the daemon's running embedded database.
+
+    ``source`` says where the DSN comes from, for an error that says what to check.
 
     Only the connection settings are read: the daemon's others (a threshold, its files) are
     none of the watch's business, and a bad one must not stop it.
@@ -77,7 +79,7 @@ def resolve_dsn(
     except ValueError as exc:
         raise WatchError(f"invalid setting dsn_file: {exc}", status=2) from exc
     if resolved:
-        return resolved, None
+        return resolved, settings.dsn_source()
     from puppylogd.embedded import Cluster, EmbeddedError
 
     try:
@@ -89,7 +91,7 @@ def resolve_dsn(
             f"no DSN configured and the embedded database under {settings.state_dir} is not "
             "running: start puppylogd (or `puppylogd demo`), or pass --dsn / set PUPPYLOG_DSN"
         )
-    return cluster.dsn(), f"embedded database under {settings.state_dir}"
+    return cluster.dsn(), settings.dsn_source()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,14 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in unknown_settings(os.environ, known=KNOWN_ENV):
         print(f"puppylog-watch: warning: {warning}", file=sys.stderr)
     try:
-        dsn, _note = resolve_dsn(args.dsn, args.dsn_file, args.state_dir)
+        dsn, source = resolve_dsn(args.dsn, args.dsn_file, args.state_dir)
     except WatchError as exc:
         print(f"puppylog-watch: error: {exc}", file=sys.stderr)
         return exc.status
     from puppylog_watch.app import run_history, run_watch
 
     if args.history:
-        return run_history(dsn, group, since, Console())
+        return run_history(dsn, group, since, Console(), source)
     if args.json:
         mode = "json"
     elif args.plain or not sys.stdout.isatty():
@@ -133,6 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         mode = "live"
     try:
-        return run_watch(dsn, group, mode=mode)
+        return run_watch(dsn, group, mode=mode, source=source)
     except KeyboardInterrupt:
         return 0

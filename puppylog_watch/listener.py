@@ -56,9 +56,15 @@ class WatchFatal(Exception):
     """The server answered with an error that retrying cannot fix; the watch ends (exit 1)."""
 
 
-def refused(dsn: str, exc: asyncpg.PostgresError) -> str:
-    """Return one line saying that the server refused the DSN (password masked)."""
-    return f"cannot connect to {mask_dsn(dsn)}: {exc} (check --dsn / PUPPYLOG_DSN)"
+DSN_FLAGS = "--dsn / PUPPYLOG_DSN"
+
+
+def refused(dsn: str, exc: asyncpg.PostgresError, source: str = DSN_FLAGS) -> str:
+    """Return one line saying that the server refused the DSN (password masked).
+
+    ``source`` names where the DSN was set, the thing to check.
+    """
+    return f"cannot connect to {mask_dsn(dsn)}: {exc} (check {source})"
 
 
 async def explain(conn: asyncpg.Connection, exc: asyncpg.PostgresError, user: str) -> str:
@@ -173,8 +179,10 @@ class Listener:
         max_backoff: float = 10.0,
         stable_after: float = 10.0,
         on_first_connect: Callable[[], None] | None = None,
+        source: str = DSN_FLAGS,
     ) -> None:
         self.dsn = dsn
+        self.source = source
         self.state = state
         self.sink = sink
         self.probe_interval = probe_interval
@@ -214,7 +222,7 @@ class Listener:
                 continue
             except asyncpg.PostgresError as exc:
                 if not self.connects:
-                    raise WatchFatal(refused(self.dsn, exc)) from exc
+                    raise WatchFatal(refused(self.dsn, exc, self.source)) from exc
                 self._set_status(False, connect_failed(exc, self.dsn, timeout=self.connect_timeout))
                 await _sleep(stop, delay)
                 delay = min(delay * 2, self.max_backoff)

@@ -48,7 +48,9 @@ def watch(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("mode", ["--plain", "--history"])
-def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(db_dsn: str, mode: str) -> None:
+def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(
+    db_dsn: str, mode: str, tmp_path: Path
+) -> None:
     """No such role or database: said once, password masked, instead of retried forever."""
     no_role = watch(mode, "--dsn", with_user(db_dsn, "nosuchrole:s3cret"))
     assert no_role.returncode == 1, no_role
@@ -56,11 +58,14 @@ def test_a_dsn_the_server_refuses_is_one_line_and_exit_1(db_dsn: str, mode: str)
     assert no_role.stderr.startswith("puppylog-watch: error: cannot connect to postgresql://")
     assert '"nosuchrole" does not exist' in no_role.stderr
     assert "s3cret" not in no_role.stderr and "nosuchrole:***@" in no_role.stderr
-    no_db = watch(
-        "--json" if mode == "--plain" else mode, "--dsn", pg.with_database(db_dsn, "nosuchdb")
-    )
+    assert no_role.stderr.rstrip().endswith("(check --dsn / PUPPYLOG_DSN)")
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(pg.with_database(db_dsn, "nosuchdb") + "\n")
+    no_db = watch("--json" if mode == "--plain" else mode, "--dsn-file", str(dsn_file))
     assert no_db.returncode == 1, no_db
     assert len(no_db.stderr.splitlines()) == 1 and '"nosuchdb" does not exist' in no_db.stderr
+    # The line points at where the DSN came from.
+    assert f"(check the DSN file {dsn_file}, --dsn-file / PUPPYLOG_DSN_FILE)" in no_db.stderr
 
 
 @pytest.mark.parametrize("mode", ["--plain", "--history"])

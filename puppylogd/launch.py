@@ -41,6 +41,9 @@ def take_early_reload() -> bool:
 def main() -> int:
     """Run the ``puppylogd`` command line with SIGHUP held during its imports."""
     hold_reloads()
-    from puppylogd.cli import main as cli_main
+    try:
+        from puppylogd.cli import main as cli_main
 
-    return cli_main()
+        return cli_main()
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C before the daemon's own handler: quietly, as an interrupted command

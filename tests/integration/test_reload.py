@@ -173,6 +173,27 @@ def test_a_sighup_during_the_imports_is_a_reload_not_the_end(
     assert names.count("stream opened") == 1, names
 
 
+def test_ctrl_c_during_the_imports_ends_quietly_with_130(
+    workdir: Path,  # noqa: F811
+    spawn: Callable[..., DaemonProc],  # noqa: F811
+) -> None:
+    """No traceback for a Ctrl-C that comes before the daemon's handler."""
+    daemon = spawn(["--dsn", "postgresql://nobody@/x?host=/nonexistent"])
+    deadline = time.monotonic() + 30
+    while True:
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            if _catches_sighup(daemon.pid):  # the launcher runs; the imports have not begun
+                daemon.send(signal.SIGINT)
+                break
+        finally:
+            os.kill(daemon.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "SIGHUP never caught"
+        time.sleep(0.001)
+    assert daemon.proc.wait(30) == 130
+    assert daemon.output() == ""
+
+
 def test_a_reload_while_the_start_waits_for_the_database_follows_each_file_once(
     make_cluster: ClusterFactory,
     workdir: Path,  # noqa: F811

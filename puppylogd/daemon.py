@@ -223,6 +223,8 @@ class Daemon:
         # The start has registered the group and started the streams (see reload).
         self._started = False
         self._reload_deferred = False
+        # The group's alert rule as this daemon last applied it (see _register_group).
+        self._group_rule: dict[str, Any] | None = None
         # The first SIGTERM/SIGINT received (--once then exits 128 + its number).
         self._stop_signal: signal.Signals | None = None
 
@@ -334,7 +336,11 @@ class Daemon:
         assert row is not None
         self.group_id = row["id"]
         changed = {k: [row[k], v] for k, v in mine.items() if row["existed"] and row[k] != v}
-        if changed:
+        # A reload changing the rule this daemon set itself is no conflict (it is logged
+        # as "configuration reloaded").
+        own = self._group_rule is not None and all(row[k] == self._group_rule[k] for k in mine)
+        self._group_rule = mine
+        if changed and not own:
             # Every daemon of a group applies its settings at start and reload, so daemons
             # configured differently overwrite each other's in turn: say so, or the alert
             # rule changes with whichever host restarted last and nobody knows why.

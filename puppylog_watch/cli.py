@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-from rich.console import Console
-
 from puppylogd import __version__
+
+# pydantic, rich and asyncpg are imported where needed: the imports take a good part of a
+# second, and a Ctrl-C in that time must end the watch as quietly as one after (see main).
 
 __all__ = ["build_parser", "main", "resolve_dsn"]
 
@@ -67,6 +67,8 @@ def resolve_dsn(
         overrides["dsn_file"] = dsn_file
     if state_dir is not None:
         overrides["state_dir"] = state_dir
+    from pydantic import ValidationError
+
     try:
         settings = ConnectionSettings(**overrides)  # type: ignore[arg-type]
         resolved = settings.resolved_dsn()
@@ -97,6 +99,15 @@ def resolve_dsn(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``puppylog-watch``; return the exit code."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        # Before the watch's own handler (during the imports): as after it, the watch's
+        # normal end, or an interrupted --history.
+        return 130 if args.history else 0
+
+
+def _run(args: argparse.Namespace) -> int:
     group = args.group or os.environ.get("PUPPYLOG_GROUP") or "default"
     since = None
     if args.since is not None:
@@ -124,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WatchError as exc:
         print(f"puppylog-watch: error: {exc}", file=sys.stderr)
         return exc.status
+    from rich.console import Console
+
     from puppylog_watch.app import run_history, run_watch
 
     if args.history:

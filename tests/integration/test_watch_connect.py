@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import select
 import signal
 import socket
@@ -288,3 +289,33 @@ def test_live_streams_are_listed_before_stopped_ones(db_dsn: str) -> None:
         ("a-old", "/var/log/a.log", True),
         ("b", "/var/log/a.log", True),
     ]
+
+
+@pytest.mark.parametrize(("args", "status"), [(["--plain"], 0), (["--history"], 130)])
+def test_ctrl_c_during_the_imports_ends_the_watch_quietly(args: list[str], status: int) -> None:
+    """The imports take a good part of a second: a Ctrl-C then is no traceback either."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "puppylog_watch", *args, "--dsn", "postgresql://x@/y?host=/no"],
+        env=daemon_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                # Stopped while looked at: pydantic's library loaded means the imports run.
+                os.kill(proc.pid, signal.SIGSTOP)
+                try:
+                    if "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text("ascii"):
+                        proc.send_signal(signal.SIGINT)
+                        break
+                finally:
+                    os.kill(proc.pid, signal.SIGCONT)
+                assert time.monotonic() < deadline, "the imports were never seen"
+                time.sleep(0.002)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert (proc.returncode, err) == (status, "")

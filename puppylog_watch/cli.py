@@ -48,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_dsn(
-    dsn: str | None, dsn_file: Path | None, state_dir: Path | None
-) -> tuple[str, str]:
+def resolve_dsn(dsn: str | None, dsn_file: Path | None, state_dir: Path | None) -> tuple[str, str]:
     """Return (dsn, source): the configured DSN, else the daemon's running embedded database.
 
     ``source`` says where the DSN comes from, for an error that says what to check.

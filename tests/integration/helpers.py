@@ -351,3 +351,36 @@ async def migrate_up_to(conn: asyncpg.Connection, version: int, folder: Path) ->
         if int(path.name[:4]) <= version:
             shutil.copy(path, folder / path.name)
     return await apply_migrations(conn, folder)
+
+
+def catches_sighup(pid: int) -> bool:
+    """Return whether process ``pid`` has a handler for SIGHUP (``SigCgt`` in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text("ascii").splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    raise AssertionError("no SigCgt line")
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Return whether process ``pid`` has ``library`` mapped (its import has begun)."""
+    return library in Path(f"/proc/{pid}/maps").read_text("ascii")
+
+
+def signal_at(pid: int, moment: Callable[[int], bool], sig: int, timeout: float = 30) -> None:
+    """Send ``sig`` to ``pid`` as soon as ``moment(pid)`` holds.
+
+    The process is stopped while ``moment`` looks at it, so what /proc shows is one moment's
+    state, and the signal lands in that very state.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if moment(pid):
+                os.kill(pid, sig)
+                return
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the moment for signal {sig} never came")
+        time.sleep(0.001)

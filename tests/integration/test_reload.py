@@ -8,7 +8,6 @@ started with and below its original command-line flags.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import ClusterFactory
+from tests.integration.helpers import catches_sighup, loaded, signal_at
 
 # Fixtures shared with the systemd tests.
 from tests.integration.test_daemon_systemd import (  # noqa: F401
@@ -136,13 +136,6 @@ def test_a_bad_reload_keeps_the_running_configuration(
     assert len(failed) == 1 and "threshold" in failed[0]["error"]
 
 
-def _catches_sighup(pid: int) -> bool:
-    for line in Path(f"/proc/{pid}/status").read_text("ascii").splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
-    raise AssertionError("no SigCgt line")
-
-
 def test_a_sighup_during_the_imports_is_a_reload_not_the_end(
     db_dsn: str,
     workdir: Path,  # noqa: F811
@@ -154,20 +147,16 @@ def test_a_sighup_during_the_imports_is_a_reload_not_the_end(
     env_file = workdir / "puppylogd.env"
     env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\n", "utf-8")
     daemon = spawn(["--dsn", db_dsn], env={"PUPPYLOG_ENV_FILE": str(env_file)})
-    deadline = time.monotonic() + 30
-    while True:
-        # Sampled while stopped, so the signal mask and the loaded libraries are one moment's.
-        os.kill(daemon.pid, signal.SIGSTOP)
-        try:
-            if _catches_sighup(daemon.pid):
-                maps = Path(f"/proc/{daemon.pid}/maps").read_text("ascii")
-                daemon.send(signal.SIGHUP)
-                break
-        finally:
-            os.kill(daemon.pid, signal.SIGCONT)
-        assert time.monotonic() < deadline, "SIGHUP never caught"
-        time.sleep(0.001)
-    assert "pydantic_core" not in maps  # caught before the settings' imports began
+    imports_begun: list[bool] = []
+
+    def held(pid: int) -> bool:
+        if catches_sighup(pid):
+            imports_begun.append(loaded(pid, "pydantic_core"))
+            return True
+        return False
+
+    signal_at(daemon.pid, held, signal.SIGHUP)
+    assert imports_begun == [False]  # caught before the settings' imports began
     wait_for("the lines", lambda: stored(db_dsn) == (20, 20))
     assert daemon.stop() == 0
     names = [e["event"] for e in assert_clean_json_logs(daemon)]
@@ -181,17 +170,8 @@ def test_ctrl_c_during_the_imports_ends_quietly_with_130(
 ) -> None:
     """No traceback for a Ctrl-C that comes before the daemon's handler."""
     daemon = spawn(["--dsn", "postgresql://nobody@/x?host=/nonexistent"])
-    deadline = time.monotonic() + 30
-    while True:
-        os.kill(daemon.pid, signal.SIGSTOP)
-        try:
-            if _catches_sighup(daemon.pid):  # the launcher runs; the imports have not begun
-                daemon.send(signal.SIGINT)
-                break
-        finally:
-            os.kill(daemon.pid, signal.SIGCONT)
-        assert time.monotonic() < deadline, "SIGHUP never caught"
-        time.sleep(0.001)
+    # The launcher runs (it holds SIGHUP); the daemon's imports have not begun.
+    signal_at(daemon.pid, catches_sighup, signal.SIGINT)
     assert daemon.proc.wait(30) == 130
     assert daemon.output() == ""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import select
 import signal
 import socket
@@ -26,9 +25,11 @@ from tests.integration.helpers import (
     append,
     clf_lines,
     daemon_env,
+    loaded,
     query_val,
     recent,
     run_once,
+    signal_at,
     wait_for,
 )
 from tests.integration.test_watch import Watch, with_user
@@ -303,18 +304,8 @@ def test_ctrl_c_during_the_imports_ends_the_watch_quietly(args: list[str], statu
         text=True,
     ) as proc:
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                # Stopped while looked at: pydantic's library loaded means the imports run.
-                os.kill(proc.pid, signal.SIGSTOP)
-                try:
-                    if "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text("ascii"):
-                        proc.send_signal(signal.SIGINT)
-                        break
-                finally:
-                    os.kill(proc.pid, signal.SIGCONT)
-                assert time.monotonic() < deadline, "the imports were never seen"
-                time.sleep(0.002)
+            # pydantic's library loaded: the imports run.
+            signal_at(proc.pid, lambda pid: loaded(pid, "pydantic_core"), signal.SIGINT)
             _, err = proc.communicate(timeout=20)
         finally:
             proc.kill()

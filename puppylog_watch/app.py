@@ -316,14 +316,14 @@ async def _fetch_history(
     except asyncpg.PostgresError as exc:
         raise WatchFatal(refused(dsn, exc, source)) from exc
     try:
-        user = str(await conn.fetchval("SELECT current_user"))
         try:
             exists = await conn.fetchval(
                 "SELECT EXISTS (SELECT FROM puppylog.log_groups WHERE name = $1)", group
             )
             rows = await conn.fetch(_HISTORY_SQL, group, since)
         except asyncpg.PostgresError as exc:
-            raise WatchFatal(await explain(conn, exc, user)) from exc
+            role, _ = await db.session_role(conn)  # asked only to name it in the fix
+            raise WatchFatal(await explain(conn, exc, role)) from exc
     finally:
         await conn.close()
     return bool(exists), [dict(r) for r in rows]

@@ -319,25 +319,34 @@ CLOCK_RED_S = 60.0
 # The late-line count is a total kept for good: yellow while late lines came within the last
 # hour, dimmed after, so one restart's backlog does not flag a stream for ever.
 LATE_RECENT = timedelta(hours=1)
+LAG_WARN_BYTES = 1_000_000  # a lag shown in yellow
+
+
+def _clock_off(s: StreamInfo) -> bool:
+    return s.clock_offset_s is not None and abs(s.clock_offset_s) > CLOCK_WARN_S
+
+
+def _late_recently(s: StreamInfo, now: datetime) -> bool:
+    return s.lines_late > 0 and s.late_at is not None and now - s.late_at < LATE_RECENT
+
+
+def _lagging(s: StreamInfo) -> bool:
+    return (s.lag_bytes or 0) > LAG_WARN_BYTES
+
+
+def _silent(s: StreamInfo, now: datetime, timeout_s: float) -> bool:
+    return s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s
 
 
 def _stream_problems(s: StreamInfo, now: datetime) -> Text:
     """Return what is wrong with a stream's host: its clock, then its late lines; or nothing."""
     t = Text()
-    offset = s.clock_offset_s
-    if offset is not None and abs(offset) > CLOCK_WARN_S:
+    if _clock_off(s):
+        offset = s.clock_offset_s or 0.0
         t.append(f"  clock {offset:+.0f}s", style="red" if abs(offset) >= CLOCK_RED_S else "yellow")
     if s.lines_late > 0:
-        recent = s.late_at is not None and now - s.late_at < LATE_RECENT
-        t.append(f"  late {s.lines_late}", style="yellow" if recent else "dim")
+        t.append(f"  late {s.lines_late}", style="yellow" if _late_recently(s, now) else "dim")
     return t
-
-
-LAG_WARN_BYTES = 1_000_000  # a lag shown in yellow
-
-
-def _silent(s: StreamInfo, now: datetime, timeout_s: float) -> bool:
-    return s.heartbeat_at is None or (now - s.heartbeat_at).total_seconds() > timeout_s
 
 
 def _urgency(s: StreamInfo, now: datetime, timeout_s: float) -> int:
@@ -346,11 +355,7 @@ def _urgency(s: StreamInfo, now: datetime, timeout_s: float) -> int:
         return 3
     if _silent(s, now, timeout_s):
         return 0
-    if (
-        (s.lag_bytes or 0) > LAG_WARN_BYTES
-        or (s.clock_offset_s is not None and abs(s.clock_offset_s) > CLOCK_WARN_S)
-        or (s.lines_late > 0 and s.late_at is not None and now - s.late_at < LATE_RECENT)
-    ):
+    if _lagging(s) or _clock_off(s) or _late_recently(s, now):
         return 1
     return 2
 
@@ -377,7 +382,7 @@ def _streams_text(
         t.append(safe(f"{s.host}:{s.path}"))
         t.append_text(_stream_problems(s, now))
         lag = "?" if s.lag_bytes is None else human_bytes(max(s.lag_bytes, 0))
-        t.append(f"  lag {lag}", style="yellow" if (s.lag_bytes or 0) > LAG_WARN_BYTES else "")
+        t.append(f"  lag {lag}", style="yellow" if _lagging(s) else "")
         silent = _silent(s, now, timeout_s)
         t.append(f"  heartbeat {_ago(s.heartbeat_at, now)}", style="bold red" if silent else "")
         if s.stopped:

@@ -277,7 +277,7 @@ class Daemon:
         except asyncpg.InsufficientPrivilegeError as exc:
             # A reader's role, or a login role not yet given the writer's: restarting
             # cannot help, so one line with the grant rather than a traceback.
-            role = await self._control.fetchval("SELECT current_user")
+            role, _ = await db.session_role(self._control)
             raise DaemonError(
                 f"role {role} may not write to schema puppylog ({exc}): "
                 f"GRANT puppylog_writer TO {role}"
@@ -374,9 +374,7 @@ class Daemon:
         """
         assert self._control is not None
         offset = await db.clock_offset(self._control)
-        self._clock_offset = offset
-        for ingest, _, _ in self.streams.values():
-            ingest.clock_offset = offset
+        self._clock_offset = offset  # for the streams that register later
         registered = [i.stream_id for i, _, _ in self.streams.values() if i.stream_id]
         if registered:
             await db.record_clock_offset(self._control, registered, offset)
@@ -399,7 +397,7 @@ class Daemon:
             self.group_id,
             on_progress=self._progress,
             on_rejected=self._rejected,
-            clock_offset=self._clock_offset,
+            clock_offset=lambda: self._clock_offset,
         )
 
     async def _start_stream(self, path: Path) -> None:

@@ -117,6 +117,13 @@ async def clock_offset(
     return theirs - (before + (after - before) / 2)
 
 
+async def session_role(conn: asyncpg.Connection) -> tuple[str, str]:
+    """Return the session's role and database, for an error that says what to grant."""
+    row = await conn.fetchrow("SELECT current_user AS role, current_database() AS db")
+    assert row is not None
+    return str(row["role"]), str(row["db"])
+
+
 def seconds_ahead(offset: timedelta | None) -> float | None:
     """Return a ``clock_offset`` as ``log_streams.clock_offset_s``: seconds this host is ahead.
 

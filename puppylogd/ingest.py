@@ -175,11 +175,11 @@ class StreamIngest:
         *,
         on_progress: Callable[[], None] = lambda: None,
         on_rejected: Callable[[Path, Rejected], None] = lambda _p, _r: None,
-        clock_offset: timedelta | None = None,
+        clock_offset: Callable[[], timedelta | None] = lambda: None,
     ) -> None:
         self.settings = settings
         # The daemon's latest measure of its clock (db.clock_offset), stored at registration.
-        self.clock_offset = clock_offset
+        self._clock_offset = clock_offset
         self.dsn = dsn
         self.path = path
         self.group_id = group_id
@@ -288,7 +288,7 @@ class StreamIngest:
         key = (self.group_id, self.settings.host, str(self.path))
         try:
             row = await conn.fetchrow(
-                db.query("register_stream"), *key, db.seconds_ahead(self.clock_offset)
+                db.query("register_stream"), *key, db.seconds_ahead(self._clock_offset())
             )
         except asyncpg.InsufficientPrivilegeError as exc:
             owner = await conn.fetchrow(db.query("stream_owner"), *key)

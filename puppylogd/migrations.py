@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from puppylogd import db
+
 # Any 64-bit constant shared by every puppylogd: several daemons starting together queue
 # behind one another instead of racing to create the same objects.
 MIGRATION_LOCK_KEY = 0x7075707079_6C6F67 & 0x7FFFFFFFFFFFFFFF
@@ -25,13 +27,6 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 class MigrationError(Exception):
     """The schema does not match the shipped migrations, or this role may not apply them."""
-
-
-async def _role(conn: asyncpg.Connection) -> tuple[str, str]:
-    """Return the session's role and database, for an error message that says what to grant."""
-    row = await conn.fetchrow("SELECT current_user AS role, current_database() AS db")
-    assert row is not None
-    return str(row["role"]), str(row["db"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +118,7 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
     try:
         recorded = await recorded_migrations(conn)
     except asyncpg.InsufficientPrivilegeError as exc:
-        role, _ = await _role(conn)
+        role, _ = await db.session_role(conn)
         raise MigrationError(
             f"role {role} may not read schema puppylog ({exc}): GRANT puppylog_writer TO {role}"
         ) from exc
@@ -134,7 +129,7 @@ async def apply_migrations(conn: asyncpg.Connection, folder: Path | None = None)
         return await _apply_pending(conn, migrations)
     except asyncpg.InsufficientPrivilegeError as exc:
         # A role made for daemons (no CREATE on the database) meeting a new or older schema.
-        role, dbname = await _role(conn)
+        role, dbname = await db.session_role(conn)
         raise MigrationError(
             f"role {role} may not create the puppylog schema in database {dbname} ({exc}): "
             "run `puppylogd migrate` as the database's owner first"

@@ -476,6 +476,14 @@ def _rotated_after(suffix: str, mtime: int, ref_suffix: str | None, ref_mtime: i
     return mtime >= ref_mtime
 
 
+def _readable_rotation(suffix: str, path: str, st: os.stat_result) -> bool:
+    """Return whether a sibling is a rotated file the tailer reads: regular, uncompressed.
+
+    A rotation suffix is a counter or a date (it starts with a digit); not ".bak", ".swp"...
+    """
+    return suffix[:1].isdigit() and not path.endswith(_COMPRESSED) and stat.S_ISREG(st.st_mode)
+
+
 def _mtime(f: _File) -> int:
     """Return the modification time of open file ``f`` in nanoseconds."""
     return os.fstat(f.fd).st_mtime_ns
@@ -905,13 +913,7 @@ class Tailer:
                 ref_suffix = suffix
                 for ending in _COMPRESSED:
                     ref_suffix = ref_suffix.removesuffix(ending)
-            elif (
-                # A rotation suffix is a counter or a date; not ".bak", ".swp", ...
-                suffix[:1].isdigit()
-                and not path.endswith(_COMPRESSED)
-                and stat.S_ISREG(st.st_mode)
-                and (st.st_dev, st.st_ino) not in exclude
-            ):
+            elif _readable_rotation(suffix, path, st) and (st.st_dev, st.st_ino) not in exclude:
                 entries.append((st.st_mtime_ns, suffix, path))
         found: list[tuple[int, str, _File]] = []
         for mtime, suffix, path in entries:
@@ -946,9 +948,7 @@ class Tailer:
         mtime = _mtime(f)
         for suffix, path, st in self._siblings():
             if (
-                suffix[:1].isdigit()
-                and not path.endswith(_COMPRESSED)
-                and stat.S_ISREG(st.st_mode)
+                _readable_rotation(suffix, path, st)
                 and st.st_size > 0
                 and st.st_mtime_ns >= mtime
                 and (st.st_dev, st.st_ino) != f.ident

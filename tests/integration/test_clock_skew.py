@@ -235,7 +235,7 @@ async def test_a_host_clock_off_from_the_database_is_stored_on_its_streams(
     log.touch()
     settings = Settings(dsn=db_dsn, log_files=[log], host="web-off")
     offset = await queries.clock_offset(db, host_clock)
-    ingest = StreamIngest(settings, db_dsn, log, gid, clock_offset=offset)
+    ingest = StreamIngest(settings, db_dsn, log, gid, clock_offset=lambda: offset)
     try:
         await ingest.register()
     finally:

@@ -35,6 +35,14 @@ from tests.integration.test_daemon_systemd import (  # noqa: F401
 THRESHOLD_SQL = "SELECT threshold FROM puppylog.log_groups WHERE name = 'default'"
 
 
+def configure(env_file: Path, log_file: Path, threshold: float | None = None) -> None:
+    """Write the daemon's environment file: one log file, and a threshold if given."""
+    text = f"PUPPYLOG_LOG_FILES={log_file}\n"
+    if threshold is not None:
+        text += f"PUPPYLOG_THRESHOLD={threshold}\n"
+    env_file.write_text(text, "utf-8")
+
+
 class Writer(threading.Thread):
     """Append a few lines every 20 ms until stopped; count what was written."""
 
@@ -120,10 +128,10 @@ def test_a_bad_reload_keeps_the_running_configuration(
 ) -> None:
     log_file = workdir / "a.log"
     env_file = workdir / "puppylogd.env"
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    configure(env_file, log_file, threshold=7)
     daemon = spawn(["--dsn", db_dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
     notify.wait("READY=1", timeout=30)
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=-1\n", "utf-8")
+    configure(env_file, log_file, threshold=-1)
     hup = time.monotonic()
     daemon.send(signal.SIGHUP)
     notify.wait("READY=1", after=notify.wait("RELOADING=1", after=hup))
@@ -145,7 +153,7 @@ def test_a_sighup_during_the_imports_is_a_reload_not_the_end(
     log_file = workdir / "a.log"
     append(log_file, lines(0, 20))
     env_file = workdir / "puppylogd.env"
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\n", "utf-8")
+    configure(env_file, log_file)
     daemon = spawn(["--dsn", db_dsn], env={"PUPPYLOG_ENV_FILE": str(env_file)})
     imports_begun: list[bool] = []
 
@@ -189,10 +197,10 @@ def test_a_reload_while_the_start_waits_for_the_database_follows_each_file_once(
     log_file = workdir / "a.log"
     append(log_file, lines(0, 50))
     env_file = workdir / "puppylogd.env"
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    configure(env_file, log_file, threshold=7)
     daemon = spawn(["--dsn", dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
     notify.wait("STATUS=waiting for database", timeout=30)  # READY too, under systemd
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=4\n", "utf-8")
+    configure(env_file, log_file, threshold=4)
     daemon.send(signal.SIGHUP)
     time.sleep(0.5)
     cluster.start()
@@ -221,12 +229,12 @@ def test_a_reload_while_the_database_is_down_reaches_the_group_once_it_is_back(
     dsn = cluster.dsn()
     log_file = workdir / "a.log"
     env_file = workdir / "puppylogd.env"
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=7\n", "utf-8")
+    configure(env_file, log_file, threshold=7)
     daemon = spawn(["--dsn", dsn], notify=notify, env={"PUPPYLOG_ENV_FILE": str(env_file)})
     notify.wait("READY=1", timeout=30)
     assert query(dsn, THRESHOLD_SQL) == 7.0
     cluster.stop()
-    env_file.write_text(f"PUPPYLOG_LOG_FILES={log_file}\nPUPPYLOG_THRESHOLD=3\n", "utf-8")
+    configure(env_file, log_file, threshold=3)
     hup = time.monotonic()
     daemon.send(signal.SIGHUP)
     notify.wait("READY=1", after=notify.wait("RELOADING=1", after=hup))

@@ -148,6 +148,18 @@ def test_a_session_failing_after_the_watch_was_live_is_retried_with_backoff(
     assert "permission denied" in err.getvalue()
 
 
+def start_watch(*args: str) -> subprocess.Popen[str]:
+    """Start ``puppylog-watch`` with ``args``, its output piped (use it as a context manager)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "puppylog_watch", *args],
+        env=daemon_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @contextlib.contextmanager
 def silent_server() -> Iterator[socket.socket]:
     """Yield a listening socket that accepts TCP (the kernel does) but never answers."""
@@ -161,14 +173,7 @@ def silent_dsn(server: socket.socket) -> str:
 
 def interrupt_while_connecting(server: socket.socket, *args: str) -> tuple[int, str, float]:
     """Start the watch, Ctrl-C it once it is connecting; return (status, stderr, seconds)."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "puppylog_watch", *args, "--dsn", silent_dsn(server)],
-        env=daemon_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start_watch(*args, "--dsn", silent_dsn(server)) as proc:
         try:
             # Readable once the watch's connection waits in the backlog: it is connecting.
             assert select.select([server], [], [], 20)[0], "the watch never connected"
@@ -295,14 +300,7 @@ def test_live_streams_are_listed_before_stopped_ones(db_dsn: str) -> None:
 @pytest.mark.parametrize(("args", "status"), [(["--plain"], 0), (["--history"], 130)])
 def test_ctrl_c_during_the_imports_ends_the_watch_quietly(args: list[str], status: int) -> None:
     """The imports take a good part of a second: a Ctrl-C then is no traceback either."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "puppylog_watch", *args, "--dsn", "postgresql://x@/y?host=/no"],
-        env=daemon_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start_watch(*args, "--dsn", "postgresql://x@/y?host=/no") as proc:
         try:
             # pydantic's library loaded: the imports run.
             signal_at(proc.pid, lambda pid: loaded(pid, "pydantic_core"), signal.SIGINT)

@@ -33,6 +33,9 @@ from puppylogd.logs import configure_logging, mask_dsn
 _FLAG_NAMES = {"log_files": "--log-file"}
 COMMANDS = ("run", "migrate", "demo")
 ENV_PREFIX = "PUPPYLOG_"
+# The database's schema is another build's (a newer puppylogd migrated it): restarting this
+# build cannot help, so the systemd unit lists it in RestartPreventExitStatus= next to 2.
+EXIT_SCHEMA = 3
 ENV_FILE_ENV = "PUPPYLOG_ENV_FILE"
 # Under systemd (ConfigurationDirectory=puppylog) this is /etc/puppylog/puppylogd.env, the
 # unit's EnvironmentFile=; re-reading it is what makes `systemctl reload` see an edit.
@@ -369,11 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from puppylogd.daemon import Daemon, DaemonError
     from puppylogd.ingest import StreamOwnedElsewhere
-    from puppylogd.migrations import MigrationError
+    from puppylogd.migrations import MigrationError, SchemaMismatch
 
     try:
         with fewer_gc_passes() if settings.once else contextlib.nullcontext():
             return asyncio.run(Daemon(settings, reload=reload).run())
+    except SchemaMismatch as exc:
+        log.error("cannot start", error=str(exc))
+        return EXIT_SCHEMA
     except (DaemonError, EmbeddedError, MigrationError, StreamOwnedElsewhere) as exc:
         log.error("cannot start", error=str(exc))
         return 1
@@ -388,7 +394,7 @@ async def _migrate(settings: Settings) -> int:
     """Apply migrations (the embedded database is started for it when no DSN is set)."""
     from puppylogd import db
     from puppylogd.daemon import open_embedded
-    from puppylogd.migrations import MigrationError, apply_migrations
+    from puppylogd.migrations import MigrationError, SchemaMismatch, apply_migrations
 
     log = structlog.get_logger("puppylogd")
     failures: tuple[type[BaseException], ...] = (*db.DB_ERRORS, MigrationError)
@@ -407,7 +413,7 @@ async def _migrate(settings: Settings) -> int:
         except failures as exc:
             # e.g. a role without DDL rights, or a schema from another build: one clear line.
             log.error("migrations failed", error=str(exc), dsn=mask_dsn(dsn))
-            return 1
+            return EXIT_SCHEMA if isinstance(exc, SchemaMismatch) else 1
         log.info("migrations applied" if applied else "schema is up to date", applied=applied)
         return 0
     finally:

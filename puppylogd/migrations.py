@@ -29,6 +29,14 @@ class MigrationError(Exception):
     """The schema does not match the shipped migrations, or this role may not apply them."""
 
 
+class SchemaMismatch(MigrationError):
+    """The database's applied migrations are not this build's: only another build fixes it.
+
+    A newer puppylogd migrated the database, or another development build made it; unlike a
+    missing grant, no restart of this build can succeed (the CLI's exit status 3).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One migration file: its version, name and SQL text."""
@@ -82,11 +90,11 @@ async def recorded_migrations(conn: asyncpg.Connection) -> dict[int, str | None]
 
 
 def verify(migrations: list[Migration], recorded: dict[int, str | None]) -> None:
-    """Raise MigrationError unless every recorded migration is one of ``migrations``, unchanged."""
+    """Raise SchemaMismatch unless every recorded migration is one of ``migrations``, unchanged."""
     shipped = {m.version: m for m in migrations}
     newer = sorted(v for v in recorded if v not in shipped)
     if newer:
-        raise MigrationError(
+        raise SchemaMismatch(
             f"the database has migration {newer[-1]:04d}, newer than this puppylogd knows "
             f"(it ships up to {max(shipped, default=0):04d}): upgrade puppylogd"
         )
@@ -98,7 +106,7 @@ def verify(migrations: list[Migration], recorded: dict[int, str | None]) -> None
                 if checksum is None
                 else "differs from the one this puppylogd ships"
             )
-            raise MigrationError(
+            raise SchemaMismatch(
                 f"migration {migration.label} applied to this database {why}: the schema "
                 "was made by another build and cannot be upgraded in place; recreate the "
                 "database (the embedded one: stop puppylogd and move its state directory away)"

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from puppylogd.cli import EXIT_SCHEMA
 from tests import pg
 from tests.integration.helpers import (
     append,
@@ -173,7 +174,10 @@ def test_migrate_applies_then_is_a_no_op(empty_dsn: str) -> None:
 def test_a_schema_from_another_build_is_refused(
     empty_dsn: str, tmp_path: Path, tamper: str, message: str
 ) -> None:
-    """Edited or unknown applied migrations: one clear line and exit 1, from both commands."""
+    """Edited or unknown applied migrations: one clear line and exit 3, from both commands.
+
+    3, not 1: the unit does not retry it (RestartPreventExitStatus), no restart can help.
+    """
     env = {"PUPPYLOG_LOG_FORMAT": "json"}
     assert run_cli("migrate", "--dsn", empty_dsn, env=env).returncode == 0
     query_val(empty_dsn, tamper)
@@ -182,7 +186,7 @@ def test_a_schema_from_another_build_is_refused(
     for args in (["migrate"], ["--once", "--log-file", str(log)]):
         result = run_cli(*args, "--dsn", empty_dsn, env=env)
         output = result.stdout + result.stderr
-        assert result.returncode == 1, output
+        assert result.returncode == EXIT_SCHEMA == 3, output
         assert message in output
         assert "Traceback" not in output
         assert len(output.strip().splitlines()) == 1, output

@@ -106,6 +106,14 @@ def test_service_settings(unit: dict[str, dict[str, list[str]]], key: str, value
     assert _single(unit, "Service", key) == value
 
 
+def test_restart_skips_what_a_restart_cannot_fix(unit: dict[str, dict[str, list[str]]]) -> None:
+    """A bad setting (2) and a schema another build made (3) are not retried."""
+    from puppylogd.cli import EXIT_SCHEMA
+
+    statuses = _single(unit, "Service", "RestartPreventExitStatus").split()
+    assert sorted(statuses) == sorted({"2", str(EXIT_SCHEMA)})
+
+
 @pytest.mark.parametrize(("key", "value"), sorted(HARDENING.items()))
 def test_hardening(unit: dict[str, dict[str, list[str]]], key: str, value: str) -> None:
     assert _single(unit, "Service", key) == value

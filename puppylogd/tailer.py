@@ -1,8 +1,9 @@
 """Follow one access log file and hand out complete lines with exact byte positions.
 
 A ``Tailer`` owns the file descriptors for one log path.  It reads raw bytes with
-``os.pread`` (no text mode, no shared file offset), splits them into complete lines and
-reports, with every ``Chunk``, the exact ``Position`` before and after it, so the ingest
+``os.pread`` (no text mode, no shared file offset; a compressed rotated file through its
+decompressor, see below), splits them into complete lines and reports, with every
+``Chunk``, the exact ``Position`` before and after it, so the ingest
 can store the end position in the same transaction as the rows and, after a failure,
 ``rewind`` to the committed position and get the very same lines again.
 
@@ -37,27 +38,44 @@ Decisions:
 * Rotations while stopped: when the checkpoint's file has been renamed (found by inode and
   fingerprint in the path's directory, and for a symlink in its target's too), it is
   drained from the checkpoint, then the rotated siblings rotated after it
-  (``<name>.<suffix>`` or logrotate's ``dateext`` ``<name>-<suffix>``, the suffix starting
-  with a digit, regular, not ``.gz``/``.bz2``/``.xz``/``.zst``), oldest first, each from
-  offset 0, and then the file at the path: after two rotations the checkpoint's file is
+  (``<name>.<suffix>`` or logrotate's ``dateext`` ``<name>-<suffix>``, the suffix without
+  its compression ending starting with a digit, regular), oldest first, each from offset
+  0, and then the file at the path: after two rotations the checkpoint's file is
   ``access.log.2`` and ``access.log.1`` is read too.  "After" is told by the names when
-  both tell: a smaller counter (``.1`` after ``.2``), a greater date of the same length
-  (logrotate requires ``dateext`` dates to sort by name); else by mtime, an equal one
-  counting as after (timestamps of a second or two give files rotated within one tick the
-  same).  A file read to its end since ``open`` is never read again that way, nor one
-  that was already a rotated sibling when the file being read was opened at the path (it
-  is older), and a ``rewind`` that opens again keeps those noted before its position's
-  file: where only mtimes tell, one as new as that file would be read twice.  A
-  checkpoint's file since compressed (recognised by its decompressed first bytes) cannot
-  be read: ``take_warning`` says so, and the files rotated after it are read.  A ``.zst``
-  one cannot be recognised (no zstd in the standard library): as for a checkpoint's file
-  not found, the path is read from 0, none of the rotated files, and the warning names
-  the ``.zst`` files it may be.
+  both tell: a smaller counter (``.1`` after ``.2``, ``.2.gz`` after ``.3.gz``), a greater
+  date of the same length (logrotate requires ``dateext`` dates to sort by name); else by
+  mtime, an equal one counting as after (timestamps of a second or two give files rotated
+  within one tick the same).  A file read to its end since ``open`` is never read again
+  that way, nor one that was already a rotated sibling when the file being read was opened
+  at the path (it is older), and a ``rewind`` that opens again keeps those noted before
+  its position's file: where only mtimes tell, one as new as that file would be read
+  twice.  A checkpoint's file not found by inode may have been compressed (or copied, see
+  copytruncate): a rotated sibling whose (decompressed) content starts with the
+  checkpoint's fingerprinted bytes is read on from the checkpoint's offset instead.  With
+  none, ``take_warning`` says lines may be lost and the path is read from 0, none of the
+  rotated files (not told from older ones without the checkpoint's).
+* Compressed rotated files (``.gz``, ``.bz2``, ``.xz``, ``.zst``: logrotate's
+  ``compress``, with or without ``delaycompress``) are read decompressed, in their place
+  among the others; a position on one is ``(dev, inode)`` of the compressed file, the
+  offset and the fingerprint in its decompressed content, so a restart or a ``rewind`` in
+  the middle of one resumes at the exact line (found again by inode, or by its first bytes
+  once compressed since).  Decompressing is a stream: at most ``read_size`` bytes per read,
+  no temporary file, no decompressor held by a file waiting its turn; reaching an offset
+  (a checkpoint, a rewind: backwards from the start again) decompresses and drops at most
+  ``read_size`` bytes per step, yielding to the event loop between steps (``next_chunk``;
+  ``read_available`` does them all).  A compressed file never grows: its end is its end,
+  left at once (no ``rotate_grace``).  A compressed copy of what another file holds is not
+  read again: one with the name of an uncompressed sibling plus the ending (being
+  compressed from it; the uncompressed one is read), and one whose content starts with the
+  bytes of a file read to its end since ``open`` or of the file it follows (compressed
+  right after rotation, while that file was being read).  A damaged archive (truncated,
+  corrupt) is read up to the damage (less what the last 16 KiB step held); then
+  ``take_warning`` says its lines after that may be lost and the next file is read.
 * copytruncate: the same file becoming shorter than what was read, or its first bytes
   changing, is a truncation (event ``"truncated"``).  The lines after the position are
-  then looked for in a copy among the rotated siblings (uncompressed, starting with the
-  bytes the fingerprint records, at least as long as what was read of the file: at
-  ``open``, the checkpoint's offset): the copy is read on from the position (bytes read
+  then looked for in a copy among the rotated siblings (starting with the bytes the
+  fingerprint records; unless compressed, at least as long as what was read of the file:
+  at ``open``, the checkpoint's offset): the copy is read on from the position (bytes read
   past it, not yet split into lines, are read again there), then the siblings rotated
   after it, then the file at the path from 0.  This is the same while running (a reader
   behind the writer, e.g. during a database outage) and at ``open``, also when the
@@ -89,11 +107,17 @@ import itertools
 import lzma
 import os
 import stat
+import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 __all__ = [
     "EVENTS",
@@ -121,14 +145,11 @@ _REPLACED = "checkpoint file replaced: starting at 0"
 NOT_REGULAR = "not a regular file"
 """``Tailer.open``'s decision when the path is a directory, FIFO, socket or device."""
 
-# Rotated siblings with these endings are compressed copies, never read.
+# Rotated siblings with these endings are compressed: read decompressed (_Archive).
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
-# Those the standard library can open, to recognise the checkpoint's file once compressed.
-_DECOMPRESSORS: dict[str, Callable[[str], io.BufferedIOBase]] = {
-    ".gz": gzip.GzipFile,
-    ".bz2": bz2.BZ2File,
-    ".xz": lzma.LZMAFile,
-}
+# What a damaged archive raises while being decompressed (truncated: EOFError).
+_DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError, zstd.ZstdError)
+_PIECE = 16384  # bytes decompressed per step: at most this much is lost with a damaged one
 _COUNTER_DIGITS = 4  # longest suffix read as a rotation counter (access.log.1 .. .9999)
 _FINISHED_KEPT = 64  # files remembered as read, or older than one read (Tailer._finished)
 
@@ -137,6 +158,7 @@ _FULL = "full"  # the chunk holds max_lines items
 _CLOSED = "closed"  # an event ended the chunk; the event starts the next one
 _IDLE = "idle"  # end of file, nothing pending: caught up
 _WAITING = "waiting"  # end of file, but a rotation waits for its grace period
+_BUSY = "busy"  # a compressed file is being decompressed up to the position: go on at once
 
 
 def _sha256(data: bytes) -> bytes:
@@ -200,6 +222,9 @@ class _File:
     its bytes up to ``base + bi`` have been dropped.
     """
 
+    grows = True
+    """Whether the file can grow or change (an ``_Archive`` cannot)."""
+
     __slots__ = (
         "base",
         "bi",
@@ -241,6 +266,11 @@ class _File:
     @property
     def ident(self) -> tuple[int, int]:
         return (self.dev, self.ino)
+
+    @property
+    def seeking(self) -> bool:
+        """Return whether ``read`` is still on its way to ``read_off`` (see ``_Archive``)."""
+        return False
 
     @property
     def read_off(self) -> int:
@@ -287,9 +317,32 @@ class _File:
             self.fp_len = len(data)
             self.fingerprint = _sha256(data)
 
+    def size(self) -> int:
+        """Return the size of the file."""
+        return os.fstat(self.fd).st_size
+
+    def verdict(self, cp: Position) -> str:
+        """Return "ok", "truncated" or "replaced" for checkpoint ``cp`` on this file's inode."""
+        if self.size() < cp.offset:
+            return "truncated"
+        data = os.pread(self.fd, cp.fp_len, 0) if cp.fp_len else b""
+        if len(data) != cp.fp_len or _sha256(data) != cp.fingerprint:
+            return "replaced"
+        return "ok"
+
+    def has_read(self, pos: Position) -> bool:
+        """Return whether ``pos``, a position on a file read to its end, is on this file."""
+        return self.ident == (pos.dev, pos.inode) and self.verdict(pos) == "ok"
+
+    def take_error(self) -> str | None:
+        """Return (once) why the file ended early (see ``_Archive``); None if it did not."""
+        return None
+
     def read(self, size: int) -> int:
         """Append up to ``size`` new bytes to the buffer; return how many were read."""
-        data = os.pread(self.fd, size, self.read_off)
+        return self._append(os.pread(self.fd, size, self.read_off))
+
+    def _append(self, data: bytes) -> int:
         if data:
             # Drop what was already split off so the buffer stays bounded.
             self.base += self.bi
@@ -391,6 +444,136 @@ class _File:
             self.fd = -1
 
 
+def _decompressing(ending: str, raw: io.FileIO) -> io.BufferedIOBase:
+    """Return a stream of the decompressed content of ``raw``, compressed as ``ending`` says."""
+    if ending == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if ending == ".bz2":
+        return bz2.BZ2File(raw)
+    if ending == ".xz":
+        return lzma.LZMAFile(raw)
+    return zstd.ZstdFile(raw)
+
+
+class _Archive(_File):
+    """A compressed rotated file, read decompressed: offsets and fingerprint are its content's.
+
+    The decompressor is a sequential stream, so ``read`` decompresses from where the last
+    one stopped; reaching another offset (``seek``, a checkpoint) is done by decompressing
+    and dropping at most ``size`` bytes per ``read`` call (``seeking`` meanwhile), from the
+    start again when going back. No decompressor is held before the first read (a chain of
+    waiting files would hold one each) nor after the end. The file never grows or changes:
+    its end is its end. A damaged archive ends where decompressing fails; ``error`` says so.
+    """
+
+    grows = False
+
+    __slots__ = ("_at", "_raw", "_stream", "end", "ending", "error", "head")
+
+    def __init__(self, fd: int, st: os.stat_result, name: str) -> None:
+        self.ending = next(e for e in _COMPRESSED if name.endswith(e))
+        self._raw: io.FileIO | None = None
+        self._stream: io.BufferedIOBase | None = None
+        self._at = 0  # offset in the content of the next byte the stream gives
+        self.end: int | None = None  # size of the content, once decompressed to its end
+        self.error: str | None = None  # why the content ended early (damaged), to report
+        self.head = b""  # its first FP_BYTES bytes (fewer when shorter)
+        super().__init__(fd, st, name)
+
+    @property
+    def seeking(self) -> bool:
+        return self._stream is not None and self._at < self.read_off
+
+    def compute_fp(self) -> None:
+        """Fingerprint the first ``FP_BYTES`` bytes of the content."""
+        self._restart()
+        self.head = self._decompress(FP_BYTES)
+        self._stop()
+        self.fp_len = len(self.head)
+        self.fingerprint = _sha256(self.head)
+
+    def prefix_ok(self) -> bool:
+        return True
+
+    def extend_fp(self) -> None:
+        pass  # the head was read whole (or the content is shorter)
+
+    def size(self) -> int:
+        """Return the size of the content as far as it is known (all of it once read)."""
+        return self.end if self.end is not None else max(self._at, self.read_off)
+
+    def verdict(self, cp: Position) -> str:
+        """Return "ok" when the content starts with ``cp``'s bytes, else "replaced"."""
+        head = self.head[: cp.fp_len]
+        return "ok" if len(head) == cp.fp_len and _sha256(head) == cp.fingerprint else "replaced"
+
+    def has_read(self, pos: Position) -> bool:
+        """Also true for a file read elsewhere: this one is its compressed copy."""
+        return (pos.fp_len > 0 or self.ident == (pos.dev, pos.inode)) and self.verdict(pos) == "ok"
+
+    def read(self, size: int) -> int:
+        off = self.read_off
+        if self.end is not None and off >= self.end:
+            return 0
+        if self._stream is None or off < self._at:
+            self._restart()  # the first read, or back (a rewind): from the start again
+        if self._at < off:
+            self._decompress(min(size, off - self._at))  # dropped: on the way to off
+        if self._at < off or self._stream is None:
+            return 0  # still on the way (seeking), or the content ended before off
+        return self._append(self._decompress(size))
+
+    def take_error(self) -> str | None:
+        """Return (once) why the content ended early; None if it did not."""
+        error, self.error = self.error, None
+        return error
+
+    def _decompress(self, size: int) -> bytes:
+        """Return up to ``size`` more bytes of the content, fewer at its end (or damage).
+
+        In pieces: what a piece held when the damage was found is lost with it.
+        """
+        assert self._stream is not None
+        pieces: list[bytes] = []
+        got = 0
+        ended = False
+        while got < size and not ended:
+            try:
+                piece = self._stream.read1(min(size - got, _PIECE))
+            except _DAMAGED as exc:
+                piece = b""
+                if self.end is None:
+                    self.error = f"{type(exc).__name__}: {exc}"
+            pieces.append(piece)
+            got += len(piece)
+            ended = not piece
+        self._at += got
+        if ended:
+            self.end = self._at
+            self._stop()
+        return b"".join(pieces)
+
+    def _restart(self) -> None:
+        self._stop()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self._raw = io.FileIO(self.fd, "rb", closefd=False)
+        self._stream = _decompressing(self.ending, self._raw)
+        self._at = 0
+
+    def _stop(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(*_DAMAGED):
+                self._stream.close()
+            self._stream = None
+        if self._raw is not None:
+            self._raw.close()  # not the descriptor (closefd=False)
+            self._raw = None
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
 def _not_regular(path: Path) -> str | None:
     """Return what ``path`` is when it exists but is not a regular file, else None."""
     try:
@@ -415,12 +598,13 @@ class NotRegularFileError(OSError):
         super().__init__(f"{path} is not a regular file ({_not_regular(path) or 'any more'})")
 
 
-def _open_file(path: Path) -> _File | None:
+def _open_file(path: Path, *, rotated: bool = False) -> _File | None:
     """Open ``path`` read-only; return None if it does not exist or is not a regular file.
 
-    A directory on the way that is a regular file (``NotADirectoryError``) is raised like
-    any other error opening the path: it is a misconfiguration to report, not a file to
-    wait for.
+    A ``rotated`` sibling with a compression ending is opened as an ``_Archive``. A
+    directory on the way that is a regular file (``NotADirectoryError``) is raised like any
+    other error opening the path: it is a misconfiguration to report, not a file to wait
+    for.
     """
     try:
         # O_NONBLOCK: opening a FIFO must not hang the tailer; it is rejected below.
@@ -432,6 +616,8 @@ def _open_file(path: Path) -> _File | None:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return None
+        if rotated and path.name.endswith(_COMPRESSED):
+            return _Archive(fd, st, path.name)
         return _File(fd, st, path.name)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -442,7 +628,7 @@ def _open_file(path: Path) -> _File | None:
 def _try_open(path: str) -> _File | None:
     """Open a rotated sibling like ``_open_file``; None also if it cannot be (it may be gone)."""
     try:
-        return _open_file(Path(path))
+        return _open_file(Path(path), rotated=True)
     except OSError:
         return None
 
@@ -476,43 +662,30 @@ def _rotated_after(suffix: str, mtime: int, ref_suffix: str | None, ref_mtime: i
     return mtime >= ref_mtime
 
 
-def _readable_rotation(suffix: str, path: str, st: os.stat_result) -> bool:
-    """Return whether a sibling is a rotated file the tailer reads: regular, uncompressed.
+def _uncompressed(suffix: str) -> str:
+    """Return ``suffix`` without its compression ending (``2.gz`` -> ``2``)."""
+    for ending in _COMPRESSED:
+        suffix = suffix.removesuffix(ending)
+    return suffix
 
-    A rotation suffix is a counter or a date (it starts with a digit); not ".bak", ".swp"...
+
+def _readable_rotation(suffix: str, st: os.stat_result) -> bool:
+    """Return whether a sibling is a rotated file the tailer reads, compressed or not.
+
+    It is regular, its suffix without the compression ending a counter or a date (it
+    starts with a digit); not ".bak", ".swp"..., nor ``access.log.gz`` (no rotation suffix).
     """
-    return suffix[:1].isdigit() and not path.endswith(_COMPRESSED) and stat.S_ISREG(st.st_mode)
+    return _uncompressed(suffix)[:1].isdigit() and stat.S_ISREG(st.st_mode)
+
+
+def _content(f: _File) -> Position:
+    """Return the position at the start of ``f``: what its first bytes are."""
+    return Position(f.dev, f.ino, 0, f.fp_len, f.fingerprint)
 
 
 def _mtime(f: _File) -> int:
     """Return the modification time of open file ``f`` in nanoseconds."""
     return os.fstat(f.fd).st_mtime_ns
-
-
-def _compressed_head(path: str, size: int) -> bytes | None:
-    """Return the first ``size`` bytes of compressed file ``path``; None if unreadable.
-
-    ``.zst`` has no decompressor in the standard library: None.
-    """
-    opener = next((o for end, o in _DECOMPRESSORS.items() if path.endswith(end)), None)
-    if opener is None:
-        return None
-    try:
-        with opener(path) as fh:
-            return fh.read(size)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error):
-        return None
-
-
-def _check_against(f: _File, cp: Position) -> str:
-    """Return "ok", "truncated" or "replaced" for checkpoint ``cp`` on the same inode ``f``."""
-    size = os.fstat(f.fd).st_size
-    if size < cp.offset:
-        return "truncated"
-    data = os.pread(f.fd, cp.fp_len, 0) if cp.fp_len else b""
-    if len(data) != cp.fp_len or _sha256(data) != cp.fingerprint:
-        return "replaced"
-    return "ok"
 
 
 def _holds(f: _File | None, pos: Position) -> bool:
@@ -527,7 +700,7 @@ def _holds(f: _File | None, pos: Position) -> bool:
         return False
     if (pos.fp_len, pos.fingerprint) == (f.fp_len, f.fingerprint):
         return True
-    return _check_against(f, pos) == "ok"
+    return f.verdict(pos) == "ok"
 
 
 def _end_of_last_line(fd: int, size: int, limit: int) -> int | None:
@@ -595,11 +768,13 @@ class Tailer:
         """Position the tailer at ``checkpoint`` (or a fresh start); return the decision.
 
         Decisions: ``"resumed"``, ``"resumed from rotated file NAME"`` (the checkpoint's
-        file was renamed in the same directory: it is drained first), ``"resumed from copy
-        NAME"`` (it was copied and truncated: the copy is drained first), ``"truncated"``,
-        ``"checkpoint file replaced: starting at 0"``, ``"checkpoint file compressed away
-        (NAME): starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``,
-        ``"not a regular file"`` (a directory, FIFO...: waited for like a missing file).
+        file was renamed in the same directory: it is drained first; NAME may be compressed,
+        the checkpoint was on it), ``"resumed from copy NAME"`` (it was copied and
+        truncated: the copy is drained first), ``"resumed from compressed file NAME"`` (it
+        was compressed, or its copy was: NAME is drained first, from the checkpoint's
+        offset in its decompressed content), ``"truncated"``, ``"checkpoint file replaced:
+        starting at 0"``, ``"new file"``, ``"from end"``, ``"waiting for file"``, ``"not a
+        regular file"`` (a directory, FIFO...: waited for like a missing file).
         The first chunk's ``start`` is ``checkpoint`` when given.
         A missing file (or directory) is waited for; other errors opening the path (e.g.
         ``PermissionError``, a symlink loop, a directory that is a file) are raised.
@@ -644,14 +819,14 @@ class Tailer:
         self._last = checkpoint
         f = _open_file(self.path)
         if f is not None and f.ident == (checkpoint.dev, checkpoint.inode):
-            verdict = _check_against(f, checkpoint)
+            verdict = f.verdict(checkpoint)
             self._cur = f
             if verdict == "ok":
                 f.seek(checkpoint.offset)
                 self._note_older(f)
                 return "resumed"
             # copytruncate: the lines after the checkpoint are in a copy next to the file.
-            copy = self._find_copy(checkpoint, f.ident)
+            copy = self._find_copy(checkpoint, {f.ident})
             if copy is not None:
                 f.close()  # opened again, from 0, once the copy is read
                 return self._resume_from_copy(copy, checkpoint, {f.ident})
@@ -673,67 +848,40 @@ class Tailer:
                 f.close()
             old.seek(checkpoint.offset)
             self._cur = old
-            self._chain = self._successors(old.ident, _mtime(old), at_path)
+            self._chain = self._successors(old, at_path)
             return f"resumed from rotated file {old.name}"
-        packed = self._find_compressed(checkpoint)
+        # Its lines may be in a copy: logrotate's copytruncate, or its compress (the file
+        # renamed, compressed, deleted: found by its decompressed first bytes). The file
+        # found by inode (other first bytes: truncated, then renamed by a later rotation)
+        # holds the lines written after the truncation: it is one of the copy's successors.
+        copy = self._find_copy(checkpoint, at_path | ({found[0].ident} if found else set()))
+        if copy is not None:
+            if f is not None:
+                f.close()
+            if found is not None:
+                found[0].close()  # opened again, from 0, as one of the copy's successors
+            return self._resume_from_copy(copy, checkpoint, at_path)
         if found is not None:
             old, verdict = found
-            # Its inode under a rotated name, other first bytes: truncated (copytruncate),
-            # then renamed by a later rotation. The lines after the checkpoint are in a copy,
-            # and this file holds the lines written after the truncation: it is one of the
-            # copy's successors. (Unless the checkpoint's file was compressed, and its inode
-            # reused.)
-            copy = self._find_copy(checkpoint, old.ident)
-            if copy is not None or packed is None:
-                if f is not None:
-                    f.close()
-                if copy is not None:
-                    old.close()  # opened again, from 0, as one of the copy's successors
-                    return self._resume_from_copy(copy, checkpoint, at_path)
-                how = "truncated" if verdict == "truncated" else "rewritten in place"
-                self._warning = (
-                    f"checkpoint file of {self.path}, now {old.name}, was {how} since the "
-                    f"checkpoint (offset {checkpoint.offset}) and no copy of it found in "
-                    f"{self._looked_in()}: lines written after the checkpoint and before "
-                    f"that may be lost; reading {old.name} from 0"
-                )
-                old.seek(0)
-                self._cur = old
-                self._chain = self._successors(old.ident, _mtime(old), at_path)
-                return "truncated" if verdict == "truncated" else _REPLACED
-            old.close()
-        if packed is not None:
-            name, ident, mtime = packed
-            chain = self._successors(ident, mtime, at_path)
+            if f is not None:
+                f.close()
+            how = "truncated" if verdict == "truncated" else "rewritten in place"
             self._warning = (
-                f"checkpoint file of {self.path} was compressed to {name}, which cannot be "
-                f"read: its lines after the checkpoint (offset {checkpoint.offset}) may be "
-                "lost; reading the files rotated after it and the path from 0"
+                f"checkpoint file of {self.path}, now {old.name}, was {how} since the "
+                f"checkpoint (offset {checkpoint.offset}) and no copy of it found in "
+                f"{self._looked_in()}: lines written after the checkpoint and before "
+                f"that may be lost; reading {old.name} from 0"
             )
-            if chain:
-                if f is not None:
-                    f.close()
-                self._cur = chain.pop(0)
-                self._chain = chain
-            elif f is None:
-                return "waiting for file"
-            else:
-                self._cur = f
-                self._note_older(f)
-            return f"checkpoint file compressed away ({name}): starting at 0"
+            old.seek(0)
+            self._cur = old
+            self._chain = self._successors(old, at_path)
+            return "truncated" if verdict == "truncated" else _REPLACED
         then = "the file at the path" if f is not None else "the path once it appears"
-        unchecked = self._unreadable_compressed()
-        maybe = (
-            f"; it may be {', '.join(unchecked)}, which cannot be checked (no zstd "
-            "decompressor in the standard library)"
-            if unchecked
-            else ""
-        )
         self._warning = (
             f"checkpoint file of {self.path} not found (looked for inode {checkpoint.inode} "
-            f"in {self._looked_in()}{maybe}): lines after the checkpoint (offset "
-            f"{checkpoint.offset}) may be lost, in it and in the files rotated after it (not "
-            f"told from older ones without it); reading {then} from 0"
+            f"in {self._looked_in()}), nor a copy of it, compressed or not: lines after the "
+            f"checkpoint (offset {checkpoint.offset}) may be lost, in it and in the files "
+            f"rotated after it (not told from older ones without it); reading {then} from 0"
         )
         if f is None:
             return "waiting for file"
@@ -750,8 +898,8 @@ class Tailer:
         """
         copy.seek(checkpoint.offset)
         self._cur = copy
-        self._chain = self._successors(copy.ident, _mtime(copy), at_path)
-        return f"resumed from copy {copy.name}"
+        self._chain = self._successors(copy, at_path)
+        return f"resumed from {'copy' if copy.grows else 'compressed file'} {copy.name}"
 
     def take_warning(self) -> str | None:
         """Return (once) why lines may have been lost since the last call; None if not.
@@ -759,7 +907,9 @@ class Tailer:
         Set by ``open`` (or a ``rewind`` that opens) when the checkpoint's lines could not
         all be found again: its file truncated, rewritten or gone; and while reading, when
         the file was truncated or rewritten and no copy of it found (the chunk with the
-        event ``"truncated"`` follows). The caller logs it at warning level.
+        event ``"truncated"`` follows), or a compressed file was found damaged (the chunk
+        with the event of the switch to the next file follows). The caller logs it at
+        warning level.
         """
         warning, self._warning = self._warning, None
         return warning
@@ -821,100 +971,85 @@ class Tailer:
     def _find_rotated(self, cp: Position) -> tuple[_File, str] | None:
         """Find the checkpoint's file by dev+inode next to the path (any name).
 
-        Return it with ``_check_against``'s verdict: ``"ok"`` when it still starts with the
+        Return it with its ``verdict``: ``"ok"`` when it still starts with the
         checkpoint's bytes, else it was truncated or rewritten before it was renamed.
         """
-        for _, entry in self._entries():
+        for name, entry in self._entries():
             try:
                 if entry.inode() != cp.inode or not entry.is_file(follow_symlinks=False):
                     continue
-                f = _open_file(Path(entry.path))
+                f = _open_file(Path(entry.path), rotated=entry.name != name)
             except OSError:
                 continue
             if f is None:
                 continue
             if f.ident == (cp.dev, cp.inode):
-                return f, _check_against(f, cp)
+                return f, f.verdict(cp)
             f.close()
         return None
 
-    def _find_copy(self, cp: Position, path_file: tuple[int, int]) -> _File | None:
-        """Find a copy of the checkpoint's file (logrotate ``copytruncate``) among the siblings.
+    def _find_copy(self, cp: Position, exclude: set[tuple[int, int]]) -> _File | None:
+        """Find a copy of the checkpoint's file among the rotated siblings.
 
-        A copy is a regular, uncompressed rotated sibling other than the file at the path
-        (``path_file``), at least as long as the checkpoint's offset and starting with the
-        bytes the checkpoint's fingerprint records; the earliest such copy is the one taken
-        first after the checkpoint.
+        A copy is a regular rotated sibling other than the files in ``exclude`` (the file at
+        the path, the checkpoint's inode), starting with the bytes the checkpoint's
+        fingerprint records and, unless compressed, at least as long as the checkpoint's
+        offset: logrotate's ``copytruncate`` makes one, its ``compress`` one in which the
+        offsets are those of the decompressed content (``_Archive``). The earliest is the
+        one taken first after the checkpoint (an uncompressed one when as early: an archive
+        as old may still be being written).
         """
-        found: list[tuple[int, _File]] = []
+        if cp.fp_len == 0:
+            return None  # an empty fingerprint would match any file
+        found: list[tuple[int, bool, _File]] = []
         for _, path, st in self._siblings():
             if (
                 not stat.S_ISREG(st.st_mode)
-                or path.endswith(_COMPRESSED)
-                or (st.st_dev, st.st_ino) == path_file
-                or st.st_size < cp.offset
+                or (st.st_dev, st.st_ino) in exclude
+                or (st.st_size < cp.offset and not path.endswith(_COMPRESSED))
             ):
                 continue
             f = _try_open(path)
             if f is None:
                 continue
-            if f.ident != path_file and _check_against(f, cp) == "ok":
-                found.append((st.st_mtime_ns, f))
+            if f.ident not in exclude and f.verdict(cp) == "ok":
+                found.append((st.st_mtime_ns, not f.grows, f))
             else:
                 f.close()
-        found.sort(key=lambda item: item[0])
-        for _, f in found[1:]:
+        found.sort(key=lambda item: item[:2])
+        for _, _, f in found[1:]:
             f.close()
-        return found[0][1] if found else None
+        return found[0][2] if found else None
 
-    def _find_compressed(self, cp: Position) -> tuple[str, tuple[int, int], int] | None:
-        """Find the checkpoint's file among the compressed rotated files, by fingerprint.
-
-        Returns its name, identity and mtime. Only a warning can come of it: the lines after
-        the checkpoint are in the compressed file, which is never read.
-        """
-        if cp.fp_len == 0:
-            return None  # an empty fingerprint would match any file
-        for _, path, st in self._siblings():
-            if stat.S_ISREG(st.st_mode) and path.endswith(_COMPRESSED):
-                head = _compressed_head(path, cp.fp_len)
-                if head is not None and len(head) == cp.fp_len and _sha256(head) == cp.fingerprint:
-                    return os.path.basename(path), (st.st_dev, st.st_ino), st.st_mtime_ns
-
-        return None
-
-    def _unreadable_compressed(self) -> list[str]:
-        """Return the names of the compressed rotated files ``_find_compressed`` cannot open."""
-        return sorted(
-            os.path.basename(path)
-            for _, path, st in self._siblings()
-            if stat.S_ISREG(st.st_mode)
-            and path.endswith(_COMPRESSED)
-            and not path.endswith(tuple(_DECOMPRESSORS))
-        )
-
-    def _successors(
-        self, ref: tuple[int, int], ref_mtime: int, exclude: set[tuple[int, int]]
-    ) -> list[_File]:
+    def _successors(self, ref: _File, exclude: set[tuple[int, int]]) -> list[_File]:
         """Open the rotated siblings rotated after file ``ref``, oldest first.
 
-        A sibling is a regular, uncompressed file named like a rotated path (``_siblings``),
-        the suffix starting with a digit (a counter or a date), other than ``ref``, the
-        files in ``exclude`` (the file at the path) and the files noted as read
-        (``_was_read``), rotated after ``ref`` (``_rotated_after``; ``ref``'s suffix is its
-        current name, found by inode; ``ref_mtime`` is its mtime). With two rotations before
-        ``ref`` is finished (a restart, or a reader behind the writer), ``ref`` is
-        ``access.log.2`` and ``access.log.1`` still holds lines never read.
+        A sibling is a regular file named like a rotated path (``_siblings``), the suffix
+        without its compression ending starting with a digit (a counter or a date), other
+        than ``ref``, the files in ``exclude`` (the file at the path) and the files noted as
+        read (``_was_read``), rotated after ``ref`` (``_rotated_after``; ``ref``'s suffix is
+        its current name, found by inode). With two rotations before ``ref`` is finished (a
+        restart, or a reader behind the writer), ``ref`` is ``access.log.2`` and
+        ``access.log.1`` still holds lines never read. Compressed copies are not read: one
+        next to the same name uncompressed (``access.log.2.gz`` while ``access.log.2`` is
+        being compressed into it), or holding ``ref``'s lines (``ref`` compressed as soon as
+        rotated, while being read).
         """
+        siblings = self._siblings()
+        plain = {suffix for suffix, _, st in siblings if stat.S_ISREG(st.st_mode)}
         ref_suffix: str | None = None
+        ref_mtime = _mtime(ref)
         entries: list[tuple[int, str, str]] = []  # (mtime, suffix, path)
-        for suffix, path, st in self._siblings():
-            if (st.st_dev, st.st_ino) == ref:
-                ref_suffix = suffix
-                for ending in _COMPRESSED:
-                    ref_suffix = ref_suffix.removesuffix(ending)
-            elif _readable_rotation(suffix, path, st) and (st.st_dev, st.st_ino) not in exclude:
-                entries.append((st.st_mtime_ns, suffix, path))
+        for suffix, path, st in siblings:
+            bare = _uncompressed(suffix)
+            if (st.st_dev, st.st_ino) == ref.ident:
+                ref_suffix = bare
+            elif (
+                _readable_rotation(suffix, st)
+                and (st.st_dev, st.st_ino) not in exclude
+                and (bare == suffix or bare not in plain)
+            ):
+                entries.append((st.st_mtime_ns, bare, path))
         found: list[tuple[int, str, _File]] = []
         for mtime, suffix, path in entries:
             if not _rotated_after(suffix, mtime, ref_suffix, ref_mtime):
@@ -922,7 +1057,12 @@ class Tailer:
             f = _try_open(path)
             if f is None:
                 continue
-            if f.ident in exclude or f.ident == ref or self._was_read(f):
+            if (
+                f.ident in exclude
+                or f.ident == ref.ident
+                or self._was_read(f)
+                or f.has_read(_content(ref))
+            ):
                 f.close()
                 continue
             found.append((mtime, suffix, f))
@@ -948,7 +1088,7 @@ class Tailer:
         mtime = _mtime(f)
         for suffix, path, st in self._siblings():
             if (
-                _readable_rotation(suffix, path, st)
+                _readable_rotation(suffix, st)
                 and st.st_size > 0
                 and st.st_mtime_ns >= mtime
                 and (st.st_dev, st.st_ino) != f.ident
@@ -959,10 +1099,7 @@ class Tailer:
 
     def _was_read(self, f: _File) -> bool:
         """Return whether ``f`` was noted as read (or older than a file read) since ``open``."""
-        return any(
-            f.ident == (pos.dev, pos.inode) and _check_against(f, pos) == "ok"
-            for pos in self._finished
-        )
+        return any(f.has_read(pos) for pos in self._finished)
 
     def _read_before(self, pos: Position) -> list[Position]:
         """Return the files noted as read before the file ``pos`` is on was read to its end.
@@ -1070,7 +1207,7 @@ class Tailer:
             assert acc is not None
             if outcome in (_FULL, _CLOSED):
                 return self._emit()
-            delay = self.poll_interval
+            delay = 0.0 if outcome == _BUSY else self.poll_interval
             if acc.ready:
                 now = loop.time()
                 if now >= deadline:
@@ -1082,11 +1219,13 @@ class Tailer:
         """Return what can be read now without waiting (None if nothing).
 
         Unlike ``next_chunk`` it does not honour ``rotate_grace``: a rotated file that is
-        at its end is left at once, so ``--once`` can drain everything in one pass.
+        at its end is left at once, so ``--once`` can drain everything in one pass. It also
+        decompresses a compressed file up to its position in one call, not a step per poll.
         """
         if max_lines < 1:
             raise ValueError("max_lines must be positive")
-        self._step(max_lines, immediate=True)
+        while self._step(max_lines, immediate=True) == _BUSY:
+            pass  # a compressed file decompressed up to its position: a read at a time
         acc = self._acc
         assert acc is not None
         return self._emit() if acc.ready else None
@@ -1102,11 +1241,14 @@ class Tailer:
         return self._caught_up and (acc is None or not acc.ready)
 
     def file_size(self) -> int | None:
-        """Return the size of the file being read (None while there is none)."""
+        """Return the size of the file being read (None while there is none).
+
+        For a compressed file: of its decompressed content, as far as decompressed yet.
+        """
         if self._cur is None:
             return None
         try:
-            return os.fstat(self._cur.fd).st_size
+            return self._cur.size()
         except OSError:
             return None
 
@@ -1155,6 +1297,9 @@ class Tailer:
                 if not f.prefix_ok():
                     self._truncated(f, f.read_off - n)
                 continue
+            if f.seeking:
+                outcome = _BUSY  # on the way to its position: let the event loop run
+                break
             checked = self._check(f, immediate=immediate)
             if checked is not None:
                 outcome = checked
@@ -1195,13 +1340,13 @@ class Tailer:
         if f.switch_event == "truncated" and self._next is not None:
             copy, self._next = self._next, None  # a rewind into f: the copy found before
         elif f.fp_len:  # an empty fingerprint would match any file
-            copy = self._find_copy(seen, f.ident)
+            copy = self._find_copy(seen, {f.ident})
             if copy is not None:
                 for g in (self._next, *self._chain):
                     if g is not None:
                         g.close()
                 self._next = None
-                self._chain = self._successors(copy.ident, _mtime(copy), {f.ident})
+                self._chain = self._successors(copy, {f.ident})
         self._begin_event("truncated")
         if copy is None:
             self._warning = (
@@ -1231,14 +1376,21 @@ class Tailer:
         ``_WAITING``.
         """
         st = os.fstat(f.fd)
-        # The first bytes are checked again when the size or the mtime changed: a file
-        # truncated and regrown to the very size read between two polls has a new mtime.
+        if (error := f.take_error()) is not None:
+            self._warning = (
+                f"{f.name}, rotated from {self.path}, is damaged ({error}): lines after the "
+                f"first {f.size()} bytes of its content may be lost; reading on with the "
+                "next file"
+            )
+        # An archive never changes. Else the first bytes are checked again when the size or
+        # the mtime changed: a file truncated and regrown to the very size read between two
+        # polls has a new mtime.
         checked = (st.st_size, st.st_mtime_ns)
-        if st.st_size < f.read_off or (checked != f.checked and not f.prefix_ok()):
+        if f.grows and (st.st_size < f.read_off or (checked != f.checked and not f.prefix_ok())):
             self._truncated(f, f.read_off)
             return None
         f.checked = checked
-        if st.st_size > f.read_off:
+        if f.grows and st.st_size > f.read_off:
             return None  # grew between the read and the fstat: read on
         target = self._next
         chained = target is None and bool(self._chain)
@@ -1256,7 +1408,8 @@ class Tailer:
         now = time.monotonic()
         if f.rot_noticed is None:
             f.rot_noticed = now
-        if not immediate and now - max(f.last_growth, f.rot_noticed) < self.rotate_grace:
+        waited = now - max(f.last_growth, f.rot_noticed)
+        if not immediate and f.grows and waited < self.rotate_grace:
             return _WAITING  # the writer may still be writing to the renamed file
         if target is None:
             try:
@@ -1271,7 +1424,7 @@ class Tailer:
             f.switch_event = "rotated" if st.st_nlink > 0 else "replaced"
             # A reader behind the writer (a backlog, a slow catch-up) may see the path
             # rotate more than once while in ``f``: the files rotated in between come first.
-            chain = self._successors(f.ident, st.st_mtime_ns, {target.ident})
+            chain = self._successors(f, {target.ident})
             if chain:
                 target.close()  # opened again once the chain is read
                 target = chain.pop(0)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from backports import zstd
 
 from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Position, Tailer
 from tests.unit.test_tailer import append, drain
@@ -93,9 +94,10 @@ def test_three_rotations_read_available_drains_all_in_order(tmp_path: Path) -> N
     t.close()
 
 
-def test_older_compressed_and_odd_siblings_are_not_read(tmp_path: Path) -> None:
+def test_older_odd_and_being_compressed_siblings_are_not_read(tmp_path: Path) -> None:
     p = tmp_path / "access.log"
     (tmp_path / "access.log.4").write_bytes(b"older rotation\n")
+    (tmp_path / "access.log.5.gz").write_bytes(gzip.compress(b"older, compressed\n"))
     time.sleep(0.01)
     cp = checkpoint_after(p, b"a1\n")
     append(p, b"a2\n")
@@ -103,8 +105,9 @@ def test_older_compressed_and_odd_siblings_are_not_read(tmp_path: Path) -> None:
     p.write_bytes(b"b1\n")
     rotate(p, keep=2)  # the checkpoint's file is now .2
     p.write_bytes(b"c1\n")
-    # Newer than the checkpoint's file, but not rotated copies of it to read:
-    (tmp_path / "access.log.1.gz").write_bytes(b"compressed\n")
+    # Newer than the checkpoint's file, but not rotated copies of it to read (.1.gz: .1
+    # being compressed, half written; .zst: no rotation suffix):
+    (tmp_path / "access.log.1.gz").write_bytes(gzip.compress(b"b1\n")[:12])
     (tmp_path / "access.log.zst").write_bytes(b"compressed\n")
     (tmp_path / "access.log.3").write_bytes(b"higher counter: older rotation\n")
     (tmp_path / "access.log.9").mkdir()
@@ -320,25 +323,21 @@ def test_dateext_rotations_while_stopped_read_every_file(tmp_path: Path) -> None
     t.close()
 
 
-def test_dateext_checkpoint_file_compressed_away_warns_and_reads_the_rest(
+def test_dateext_checkpoint_file_compressed_is_read_from_the_checkpoint(
     tmp_path: Path,
 ) -> None:
-    """The checkpoint's file was gzipped (delaycompress): say so, read the newer files."""
+    """The checkpoint's file was gzipped: read on in it from the offset, then the newer ones."""
     p = tmp_path / "access.log"
     cp = checkpoint_after(p, b"a1\n")
-    append(p, b"a2 lost: only in the compressed file\n")
-    gone = rotate_dateext(p, 26, compress=True)
+    append(p, b"a2: only in the compressed file\n")
+    packed = rotate_dateext(p, 26, compress=True)
     p.write_bytes(b"b1\n")
     rotate_dateext(p, 27)
     p.write_bytes(b"c1\n")
     t = make(p)
-    how = t.open(cp)
-    assert how == f"checkpoint file compressed away ({gone.name}): starting at 0"
-    warning = t.take_warning()
-    assert warning is not None
-    assert gone.name in warning
-    assert "may be lost" in warning
-    assert lines_of(drain(t)) == [b"b1", b"c1"]
+    assert t.open(cp) == f"resumed from compressed file {packed.name}"
+    assert t.take_warning() is None
+    assert lines_of(drain(t)) == [b"a2: only in the compressed file", b"b1", b"c1"]
     t.close()
 
 
@@ -812,14 +811,10 @@ def test_rewind_to_a_closed_file_does_not_read_a_file_finished_before_it(
     t.close()
 
 
-def test_checkpoint_file_compressed_with_zstd_warns_that_it_cannot_be_checked(
+def test_checkpoint_file_compressed_with_zstd_is_read_from_the_checkpoint(
     tmp_path: Path,
 ) -> None:
-    """The standard library has no zstd: the checkpoint's file is not recognised in .zst.
-
-    Nothing is read twice; the warning names the .zst file and says that the files rotated
-    after the checkpoint's are not read either (B, in ``access.log.1``).
-    """
+    """A ``.zst`` is read like the others: the checkpoint's file in it, then ``access.log.1``."""
     p = tmp_path / "access.log"
     cp = checkpoint_after(p, b"a1\n")
     append(p, b"a2\n")
@@ -827,14 +822,11 @@ def test_checkpoint_file_compressed_with_zstd_warns_that_it_cannot_be_checked(
     p.write_bytes(b"b1\n")
     rotate(p)
     p.write_bytes(b"c1\n")
-    packed = tmp_path / "access.log.2.zst"
-    packed.write_bytes(b"\x28\xb5\x2f\xfd not really zstd")  # stdlib cannot write it either
-    (tmp_path / "access.log.2").unlink()
+    plain = tmp_path / "access.log.2"
+    (tmp_path / "access.log.2.zst").write_bytes(zstd.compress(plain.read_bytes()))
+    plain.unlink()
     t = make(p)
-    assert t.open(cp) == "checkpoint file replaced: starting at 0"
-    warning = t.take_warning()
-    assert warning is not None
-    assert "access.log.2.zst, which cannot be checked" in warning
-    assert "in it and in the files rotated after it" in warning
-    assert lines_of(drain(t)) == [b"c1"]
+    assert t.open(cp) == "resumed from compressed file access.log.2.zst"
+    assert t.take_warning() is None
+    assert lines_of(drain(t)) == [b"a2", b"b1", b"c1"]
     t.close()

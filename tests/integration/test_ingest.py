@@ -7,6 +7,7 @@ proves there are no duplicates and the exact row count proves there are no gaps.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -197,6 +198,50 @@ def test_kill9_during_large_ingest_then_restart(db_dsn: str, tmp_path: Path) -> 
     )
     print(report)
     KILL9_COUNTS_FILE.write_text(report + "\n", encoding="utf-8")
+
+
+def test_once_reads_compressed_rotations_exactly_once(db_dsn: str, tmp_path: Path) -> None:
+    """logrotate compress + delaycompress, 3 rotations between two --once runs: all stored once.
+
+    The checkpoint's file is then access.log.3.gz, read on from the checkpoint's offset in
+    its decompressed content; access.log.2.gz is read whole, then access.log.1 and the path.
+    """
+    log = tmp_path / "access.log"
+    n = 0
+
+    def write(count: int) -> None:
+        nonlocal n
+        append(log, clf_lines(n, count, recent(300 - n // 100)))
+        n += count
+
+    write(1000)
+    run_once(db_dsn, log)
+    assert_exactly(db_dsn, 1000)
+    write(700)  # after the checkpoint: only in access.log.3.gz by the next run
+    for _ in range(3):
+        for k in (2, 1):
+            for ending in ("", ".gz"):
+                older = tmp_path / f"access.log.{k}{ending}"
+                if older.exists():
+                    older.rename(tmp_path / f"access.log.{k + 1}{ending}")
+        log.rename(tmp_path / "access.log.1")
+        two = tmp_path / "access.log.2"
+        if two.exists():
+            (tmp_path / "access.log.2.gz").write_bytes(gzip.compress(two.read_bytes()))
+            two.unlink()
+        write(800)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("access.log"))
+    assert names == ["access.log", "access.log.1", "access.log.2.gz", "access.log.3.gz"]
+    result = run_once(db_dsn, log)
+    assert n == 4100
+    assert_exactly(db_dsn, n)
+    logged = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    assert [e["how"] for e in logged if e["event"] == "stream opened"] == [
+        "resumed from compressed file access.log.3.gz"
+    ]
+    assert not [e for e in logged if "may be lost" in e["event"]]
+    run_once(db_dsn, log)  # nothing new: nothing read again
+    assert_exactly(db_dsn, n)
 
 
 def test_rename_rotation_and_copytruncate_while_running(db_dsn: str, tmp_path: Path) -> None:

@@ -244,6 +244,52 @@ def test_once_reads_compressed_rotations_exactly_once(db_dsn: str, tmp_path: Pat
     assert_exactly(db_dsn, n)
 
 
+def test_compress_rotations_while_running(db_dsn: str, tmp_path: Path) -> None:
+    """logrotate compress without delaycompress under a live daemon: every line stored once.
+
+    The file being read is compressed and deleted right after its rotation: the daemon
+    drains it through its descriptor and must not read its .gz again; two rotations in a
+    row leave a file it never opened only as access.log.1.gz, read from there.
+    """
+    log = tmp_path / "access.log"
+    n = 0
+
+    def write(count: int) -> None:
+        nonlocal n
+        append(log, clf_lines(n, count, recent(60)))
+        n += count
+
+    def rotate() -> None:
+        for k in range(8, 0, -1):
+            older = tmp_path / f"access.log.{k}.gz"
+            if older.exists():
+                older.rename(tmp_path / f"access.log.{k + 1}.gz")
+        one = tmp_path / "access.log.1"
+        log.rename(one)
+        (tmp_path / "access.log.1.gz").write_bytes(gzip.compress(one.read_bytes()))
+        one.unlink()
+
+    write(500)
+    with start_daemon(db_dsn, log, **LIVE) as daemon:
+        wait_rows(db_dsn, n, daemon=daemon)
+        for _ in range(2):
+            write(300)
+            rotate()
+            write(200)
+            wait_rows(db_dsn, n, daemon=daemon)
+        write(100)
+        rotate()
+        write(100)  # only ever in access.log.1.gz, once the next rotation is done
+        rotate()
+        write(100)
+        wait_rows(db_dsn, n, daemon=daemon)
+        assert daemon.stop() == 0
+        logged = [json.loads(x) for x in daemon.output().splitlines() if x.startswith("{")]
+    assert n == 1800
+    assert_exactly(db_dsn, n)
+    assert not [e for e in logged if "may be lost" in e["event"]]
+
+
 def test_rename_rotation_and_copytruncate_while_running(db_dsn: str, tmp_path: Path) -> None:
     """Lines before, during and after a rename rotation and a copytruncate: each stored once."""
     log = tmp_path / "access.log"

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Tailer
+from tests.unit.test_tailer_compressed import COMPRESSORS
 
 # Bytes rich in newlines and carriage returns, plus runs long enough to exceed TOO_LONG_KEEP.
 segments = st.lists(
@@ -127,3 +128,68 @@ def test_rotation_at_any_point_loses_and_repeats_nothing(
     assert [c.event for c in chunks if c.event] == ["rotated"]
     for before, after in itertools.pairwise(chunks):
         assert after.start == before.end
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    old_parts=segments,
+    new_parts=segments,
+    size=sizes,
+    ending=st.sampled_from(sorted(COMPRESSORS)),
+    picks=st.tuples(st.integers(min_value=0), st.integers(min_value=0)),
+)
+def test_compressed_rotated_file_is_read_restarted_and_rewound_exactly(
+    old_parts: list[bytes],
+    new_parts: list[bytes],
+    size: tuple[int, int, int],
+    ending: str,
+    picks: tuple[int, int],
+) -> None:
+    """Read on in the checkpoint's file, compressed since, from the checkpoint.
+
+    Restarted at any chunk's end, or rewound to any chunk's start, it gives the same lines,
+    each once.
+    """
+    max_line, read_size, max_lines = size
+    stop, back = picks
+    old, new = b"".join(old_parts), b"".join(new_parts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "access.log"
+        path.write_bytes(b"first\n")
+        t = Tailer(path)
+        t.open(None)
+        cp = drain(t, 10)[-1].end
+        t.close()
+        with path.open("ab") as fh:
+            fh.write(old)
+        rotated = Path(tmp) / "access.log.1"
+        path.rename(rotated)
+        packed = rotated.with_name(rotated.name + ending)
+        packed.write_bytes(COMPRESSORS[ending](rotated.read_bytes()))
+        rotated.unlink()
+        path.write_bytes(new)
+
+        def tailer() -> Tailer:
+            return Tailer(path, max_line_bytes=max_line, read_size=read_size, poll_interval=0.01)
+
+        t = tailer()
+        assert t.open(cp) == f"resumed from compressed file {packed.name}"
+        chunks = drain(t, max_lines)
+        want_old = expected(old + b"\n" if old and not old.endswith(b"\n") else old, max_line)
+        want_new = expected(new, max_line)
+        assert flatten(chunks) == (want_old[0] + want_new[0], want_old[1] + want_new[1])
+        for before, after in itertools.pairwise(chunks):
+            assert after.start == before.end
+        if chunks:
+            # A restart at any chunk's end: the rest, once.
+            i = stop % len(chunks)
+            again = tailer()
+            again.open(chunks[i].end)
+            assert again.take_warning() is None
+            assert flatten(drain(again, max_lines)) == flatten(chunks[i + 1 :])
+            again.close()
+            # A rewind to any chunk's start: the same lines from there on.
+            j = back % len(chunks)
+            t.rewind(chunks[j].start)
+            assert flatten(drain(t, max_lines)) == flatten(chunks[j:])
+        t.close()

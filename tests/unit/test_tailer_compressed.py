@@ -12,15 +12,19 @@ import asyncio
 import bz2
 import gzip
 import lzma
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from backports import zstd
-
 from puppylogd.tailer import Chunk, Position, Tailer
 from tests.unit.test_tailer import append, assert_contiguous, drain, lines_of
 from tests.unit.test_tailer import make as make_tailer
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".gz": gzip.compress,

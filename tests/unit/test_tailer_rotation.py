@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from backports import zstd
 
 from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Position, Tailer
 from tests.unit.test_tailer import append, drain
 from tests.unit.test_tailer import make as make_tailer
+from tests.unit.test_tailer_compressed import COMPRESSORS
 
 
 def make(path: Path) -> Tailer:
@@ -823,7 +823,7 @@ def test_checkpoint_file_compressed_with_zstd_is_read_from_the_checkpoint(
     rotate(p)
     p.write_bytes(b"c1\n")
     plain = tmp_path / "access.log.2"
-    (tmp_path / "access.log.2.zst").write_bytes(zstd.compress(plain.read_bytes()))
+    (tmp_path / "access.log.2.zst").write_bytes(COMPRESSORS[".zst"](plain.read_bytes()))
     plain.unlink()
     t = make(p)
     assert t.open(cp) == "resumed from compressed file access.log.2.zst"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import gc
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -161,6 +163,53 @@ def widen_send_buffer(conn: object, size: int = COPY_SEND_BUFFER) -> int | None:
         return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     except OSError:
         return None
+
+
+async def copy_records(
+    conn: asyncpg.Connection,
+    table: str,
+    records: Sequence[Sequence[Any]],
+    *,
+    columns: Sequence[str],
+    schema_name: str = "puppylog",
+) -> None:
+    """Binary-COPY ``records`` into ``table``, leaving no future behind if the session ended.
+
+    asyncpg's COPY (0.29 to 0.32 at least) makes its result future before it checks the
+    connection's state. When the server's goodbye to a terminated backend (``FATAL:
+    terminating connection``: a server stop, ``pg_terminate_backend``) arrived while the
+    session was idle just before the COPY, that check fails (``InternalClientError: cannot
+    switch to state 21``) and the future is left behind; it fails as the connection closes,
+    and asyncio logs ``Future exception was never retrieved`` with a traceback, beside the
+    daemon's own warning. Its outcome is claimed here; the caller gets the error as before.
+    """
+    try:
+        await conn.copy_records_to_table(
+            table, schema_name=schema_name, columns=columns, records=records
+        )
+    except asyncpg.InternalClientError:
+        _claim_pending_futures(conn)
+        raise
+
+
+def _claim_pending_futures(conn: asyncpg.Connection) -> None:
+    """Mark the outcome of every future ``conn``'s protocol still holds as seen, when it comes.
+
+    asyncpg keeps an operation's future in a private attribute of its (compiled) protocol;
+    the garbage collector's view of the protocol's references is the only way to reach it.
+    """
+    protocol = getattr(conn, "_protocol", None)
+    if protocol is None:
+        return
+    for held in gc.get_referents(protocol):
+        if isinstance(held, asyncio.Future) and not held.done():
+            held.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a finished future's exception, so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 # timestamptz on the wire: microseconds since PostgreSQL's epoch; int64 extremes are infinity.

@@ -492,9 +492,7 @@ class StreamIngest:
         async with conn.transaction():
             progress.sending.set()
             for day, rows in batch.days:
-                await conn.copy_records_to_table(
-                    partition_of(day), schema_name="puppylog", columns=COLUMNS, records=rows
-                )
+                await db.copy_records(conn, partition_of(day), rows, columns=COLUMNS)
             progress.copied.set()
             if previous is not None:
                 await asyncio.wait({previous})
@@ -517,11 +515,11 @@ class StreamIngest:
                 max_ts = batch.max_ts if max_ts is None else max(max_ts, batch.max_ts)
             watermark = self._watermark(max_ts, batch.caught_up, batch.read_at)
             if batch.rejected:
-                await conn.copy_records_to_table(
+                await db.copy_records(
+                    conn,
                     "rejected_lines",
-                    schema_name="puppylog",
+                    [(self.stream_id, r.reason, r.detail, r.line) for r in batch.rejected],
                     columns=REJECTED_COLUMNS,
-                    records=[(self.stream_id, r.reason, r.detail, r.line) for r in batch.rejected],
                 )
             moved = await conn.fetchrow(
                 db.query("commit_checkpoint"),

@@ -13,6 +13,7 @@ Everything here is synchronous, so tests can be plain functions:
   to a file (``output()``); ``stop()`` sends SIGTERM and waits; ``kill9()``.
 * :func:`wait_for` -- poll a predicate with a deadline; fails the test with a message.
 * :func:`query_val`, :func:`counts`, :func:`reject_reasons` -- read the database.
+* :func:`end_backend` -- ``pg_terminate_backend`` one backend and wait until it is gone.
 * :func:`migrate_up_to` -- rebuild the schema as an older release left it (upgrade tests).
 """
 
@@ -293,6 +294,22 @@ def query_rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return run_async(go)
+
+
+def end_backend(dsn: str, pid: int) -> bool:
+    """Terminate backend ``pid`` and wait until it has exited; False if it was not there.
+
+    Once it has exited, its goodbye (``FATAL: terminating connection``) and the close are on
+    its client's socket.
+    """
+    if not query_val(dsn, "SELECT pg_terminate_backend($1)", pid):
+        return False
+    wait_for(
+        lambda: not query_val(dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid),
+        10,
+        message=f"backend {pid} gone",
+    )
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
+import pytest
 
 from puppylogd import db as pdb
+from tests.integration.helpers import end_backend
 
 
 async def test_fast_timestamps_store_and_read_what_asyncpg_does(
@@ -43,3 +49,44 @@ async def test_fast_timestamps_store_and_read_what_asyncpg_does(
         )
     finally:
         await fast.close()
+
+
+@pytest.fixture
+async def copying(db: asyncpg.Connection, db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """Yield a connection in a transaction that has copied into ``t (i int, s text)`` before.
+
+    As the daemon's batches: asyncpg's COPY asks a table's columns only the first time.
+    """
+    await db.execute("CREATE TABLE public.t (i int, s text)")
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await pdb.copy_records(conn, "t", [(0, "")], columns=["i", "s"], schema_name="public")
+        await conn.execute("BEGIN")
+        yield conn
+    finally:
+        conn.terminate()
+
+
+def loop_reports() -> list[dict[str, Any]]:
+    """Collect what asyncio reports to the running loop's exception handler (until the end)."""
+    reports: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    return reports
+
+
+async def test_a_copy_after_the_goodbye_of_an_idle_session_leaves_no_future_behind(
+    copying: asyncpg.Connection, db_dsn: str
+) -> None:
+    # The goodbye is read, not yet the close (two turns of the loop): asyncpg's COPY then
+    # fails on the protocol's state, after making its result future. That future must not
+    # fail unseen once the connection closes ("Future exception was never retrieved").
+    reports = loop_reports()
+    end_backend(db_dsn, copying.get_server_pid())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    with pytest.raises(asyncpg.InternalClientError):
+        await pdb.copy_records(copying, "t", [(1, "x")], columns=["i", "s"], schema_name="public")
+    await asyncio.sleep(0.2)  # the close is read: the future fails
+    assert copying.is_closed()
+    gc.collect()
+    assert [r["message"] for r in reports] == []

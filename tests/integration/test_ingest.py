@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 from datetime import timedelta
@@ -33,6 +34,7 @@ from tests.integration.helpers import (
     clf_time,
     count_rows,
     counts,
+    end_backend,
     query_rows,
     query_val,
     recent,
@@ -420,6 +422,70 @@ def test_database_restart_and_terminated_backends(
     assert n == 102_500
     assert "waiting for database" in out
     assert "database connection lost" in out
+
+
+def journal_noise(output: str) -> list[str]:
+    """Return the lines of a daemon's output that are not one plain event of its own.
+
+    Tracebacks, asyncio's "never retrieved" and "was destroyed" reports, other libraries'
+    warnings and error-level lines are noise when every fault was recovered from.
+    """
+    noise = []
+    for line in output.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            noise.append(line)
+            continue
+        if (
+            not isinstance(event, dict)
+            or not str(event.get("logger", "")).startswith("puppylogd")
+            or "exception" in event
+            or event.get("level") in ("error", "critical")
+        ):
+            noise.append(line)
+    return noise
+
+
+# A backend of the daemon's that has begun a batch's transaction and waits for its COPY.
+BEGUN_BATCH = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = 'puppylogd' AND state = 'idle in transaction' "
+    "AND query LIKE 'BEGIN%' LIMIT 1"
+)
+
+
+def test_backends_killed_as_a_batch_begins_are_one_warning_each_and_nothing_else(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """--once loses a backend just after a batch's BEGIN, five times: each is one warning,
+    the journal has nothing else, and every line is stored once.
+
+    The daemon is stopped (SIGSTOP) while that backend is terminated and gone, so the
+    server's goodbye is on the socket when the daemon goes on to the COPY: asyncpg's COPY
+    then left a future behind ("Future exception was never retrieved", with a traceback).
+    """
+    log = tmp_path / "big.log"
+    valid, invalid = big_file(log)
+    kills = 0
+    with start_daemon(db_dsn, log, once=True, batch_lines=500) as daemon:
+        while kills < 5 and daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGSTOP)
+            try:
+                pid = query_val(db_dsn, BEGUN_BATCH)
+                if pid is not None and end_backend(db_dsn, pid):
+                    kills += 1
+            finally:
+                os.kill(daemon.pid, signal.SIGCONT)
+            time.sleep(0.01)
+        assert daemon.wait(120) == 0, daemon.output()[-4000:]
+        out = daemon.output()
+    assert kills == 5, f"only {kills} kills landed mid-batch before the end\n{out[-4000:]}"
+    assert journal_noise(out) == []
+    # One warning per fault (a kill may land while the batch beside it is still being
+    # abandoned: then one for both).
+    assert 1 <= out.count('"database connection lost') <= kills, out[-4000:]
+    assert_exactly(db_dsn, valid, invalid)
 
 
 def test_copytruncate_during_a_database_outage(

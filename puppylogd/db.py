@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import itertools
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -165,6 +166,11 @@ def widen_send_buffer(conn: object, size: int = COPY_SEND_BUFFER) -> int | None:
         return None
 
 
+# Rows handed to asyncpg's COPY between two looks at the socket: a few hundred KiB encoded,
+# about one of the 512 KiB messages it sends.
+COPY_SLICE = 1000
+
+
 async def copy_records(
     conn: asyncpg.Connection,
     table: str,
@@ -173,19 +179,39 @@ async def copy_records(
     columns: Sequence[str],
     schema_name: str = "puppylog",
 ) -> None:
-    """Binary-COPY ``records`` into ``table``, leaving no future behind if the session ended.
+    """Binary-COPY ``records`` into ``table``, quietly when the server ends the session.
 
-    asyncpg's COPY (0.29 to 0.32 at least) makes its result future before it checks the
-    connection's state. When the server's goodbye to a terminated backend (``FATAL:
-    terminating connection``: a server stop, ``pg_terminate_backend``) arrived while the
-    session was idle just before the COPY, that check fails (``InternalClientError: cannot
-    switch to state 21``) and the future is left behind; it fails as the connection closes,
-    and asyncio logs ``Future exception was never retrieved`` with a traceback, beside the
-    daemon's own warning. Its outcome is claimed here; the caller gets the error as before.
+    asyncpg's COPY (0.29 to 0.32 at least) is noisy when the backend is terminated (a server
+    stop, ``pg_terminate_backend``); the caller gets the error all the same, and this keeps
+    the rest out of the journal:
+
+    * It makes its result future before it checks the connection's state. When the
+      server's goodbye (``FATAL: terminating connection``) arrived while the session was
+      idle just before the COPY, that check fails (``InternalClientError: cannot switch to
+      state 21``) and the future is left behind; it fails as the connection closes, and
+      asyncio logs ``Future exception was never retrieved`` with a traceback. Its outcome
+      is claimed here.
+    * It encodes and sends the whole batch without yielding to the event loop, so once a
+      send has failed, each later message of the batch goes to the dead socket, and asyncio
+      warns ``socket.send() raised exception.`` for every one past the fifth. The rows go
+      in slices here, and the COPY stops at the first slice after the socket failed.
     """
+    transport = getattr(conn, "_transport", None)  # asyncpg offers no public handle on it
+
+    def slices() -> Iterator[Sequence[Any]]:
+        for start in range(0, len(records), COPY_SLICE):
+            if transport is not None and transport.is_closing():
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "connection lost while the rows were being sent"
+                )
+            yield records[start : start + COPY_SLICE]
+
+    rows: Iterable[Sequence[Any]] = (
+        itertools.chain.from_iterable(slices()) if len(records) > COPY_SLICE else records
+    )
     try:
         await conn.copy_records_to_table(
-            table, schema_name=schema_name, columns=columns, records=records
+            table, schema_name=schema_name, columns=columns, records=rows
         )
     except asyncpg.InternalClientError:
         _claim_pending_futures(conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -90,3 +91,16 @@ async def test_a_copy_after_the_goodbye_of_an_idle_session_leaves_no_future_behi
     assert copying.is_closed()
     gc.collect()
     assert [r["message"] for r in reports] == []
+
+
+async def test_a_copy_into_a_closed_socket_stops_at_once(
+    copying: asyncpg.Connection, db_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing is read yet: the COPY goes into a socket the server has closed. asyncpg sends
+    # the whole batch (10 MB here, 20 messages) without a pause, and asyncio warns
+    # "socket.send() raised exception." for each send past the fifth into a failed socket.
+    rows = [(i, "x" * 200) for i in range(50_000)]
+    end_backend(db_dsn, copying.get_server_pid())
+    with caplog.at_level(logging.WARNING, logger="asyncio"), pytest.raises(pdb.CONNECTION_ERRORS):
+        await pdb.copy_records(copying, "t", rows, columns=["i", "s"], schema_name="public")
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -305,5 +305,28 @@ async def use_fast_timestamps(conn: asyncpg.Connection) -> None:
     )
 
 
+def lost_reason(exc: BaseException) -> str:
+    """Return, on one line, why a connection was lost: the first error of ``exc``'s chain.
+
+    asyncpg names what it was doing when it noticed (``cannot call Transaction.__aexit__():
+    the underlying connection is closed``) and chains the reason below it (the server's
+    ``terminating connection due to administrator command``, a broken pipe); a goodbye read
+    while the session was idle surfaces as a broken protocol state (``cannot switch to state
+    15; another operation (2) is in progress``).
+    """
+    chain = [exc]
+    while len(chain) < 10:
+        below = chain[-1].__cause__ or chain[-1].__context__
+        if below is None or below in chain:
+            break
+        chain.append(below)
+    first = chain[-1]
+    lines = str(first).strip().splitlines()
+    said = lines[0] if lines else type(first).__name__
+    if isinstance(first, asyncpg.InternalClientError):
+        return f"the server ended the session ({said})"
+    return said
+
+
 # Anything a database round trip can raise that the caller should survive and retry.
 DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *CONNECTION_ERRORS)

@@ -335,7 +335,11 @@ class StreamIngest:
             try:
                 row = await conn.fetchrow(db.query("read_checkpoint"), self.stream_id)
             except db.CONNECTION_ERRORS as exc:
-                log.warning("database lost while resynchronising", error=str(exc))
+                log.warning(
+                    "database lost while resynchronising; reconnecting",
+                    path=str(self.path),
+                    error=db.lost_reason(exc),
+                )
                 self._terminate_connections()
                 continue
             assert row is not None
@@ -635,7 +639,11 @@ class StreamIngest:
                 error=str(exc),
             )
         elif isinstance(exc, db.CONNECTION_ERRORS):
-            log.warning("database connection lost", path=str(self.path), error=str(exc))
+            log.warning(
+                "database connection lost; reconnecting, then going on from the last stored line",
+                path=str(self.path),
+                error=db.lost_reason(exc),
+            )
         else:
             self._failures.report(
                 log, "batch failed; will retry", path=str(self.path), error=repr(exc)

@@ -6,6 +6,7 @@ import socket
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -131,3 +132,38 @@ def test_budget_takes_the_tightest_limit_for_at_most_and_for_now() -> None:
 def test_budget_never_goes_negative() -> None:
     full = db.budget_from_row(_budget_row(role_limit=0, used_by_role=1))
     assert (full.at_most, full.now) == (0, 0)
+
+
+def test_a_lost_connection_is_said_with_the_first_error_of_its_chain() -> None:
+    # What asyncpg raises as a batch's transaction ends on a terminated backend.
+    server = asyncpg.AdminShutdownError("terminating connection due to administrator command")
+    lost = asyncpg.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation: terminating connection due to "
+        "administrator command"
+    )
+    lost.__cause__ = server
+    noticed = asyncpg.InterfaceError(
+        "cannot call Transaction.__aexit__(): the underlying connection is closed"
+    )
+    noticed.__context__ = lost
+    assert db.lost_reason(noticed) == "terminating connection due to administrator command"
+    sent = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    sent.__cause__ = BrokenPipeError(32, "Broken pipe")
+    assert db.lost_reason(sent) == "[Errno 32] Broken pipe"
+    assert db.lost_reason(ConnectionResetError()) == "ConnectionResetError"
+
+
+def test_a_goodbye_read_while_idle_is_said_as_the_end_of_the_session() -> None:
+    broken = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert db.lost_reason(broken) == (
+        "the server ended the session "
+        "(cannot switch to state 15; another operation (2) is in progress)"
+    )
+
+
+def test_a_loop_in_the_chain_ends_the_walk() -> None:
+    first, second = ConnectionError("first"), ConnectionError("second")
+    first.__context__, second.__context__ = second, first
+    assert db.lost_reason(first) == "second"

@@ -229,11 +229,14 @@ def _claim_pending_futures(conn: asyncpg.Connection) -> None:
         return
     for held in gc.get_referents(protocol):
         if isinstance(held, asyncio.Future) and not held.done():
-            held.add_done_callback(_retrieve)
+            held.add_done_callback(claim_outcome)
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Read a finished future's exception, so asyncio does not report it as never retrieved."""
+def claim_outcome(future: asyncio.Future[Any]) -> None:
+    """Read a finished future's exception, so asyncio does not report it as never retrieved.
+
+    A done callback for a future (or task) whose outcome nobody is going to read.
+    """
     if not future.cancelled():
         future.exception()
 

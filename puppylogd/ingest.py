@@ -481,8 +481,9 @@ class StreamIngest:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=CONN_CHECK_SECONDS)
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: the caller already has (or ignores) it
+            # Its outcome is the caller's already, or of no interest: on a hung server it is
+            # left running (its ROLLBACK waits) and fails once the connection is terminated.
+            task.add_done_callback(db.claim_outcome)
 
     async def _write(
         self,
@@ -802,9 +803,7 @@ class StreamIngest:
                 await self._heartbeat(final)
                 return
             except FAILURES as exc:
-                for task, _ in commits:
-                    task.cancel()
-                await asyncio.gather(*(task for task, _ in commits), return_exceptions=True)
+                await self._abandon(commits)
                 if stop.is_set():
                     # Not retried: a later run reads it again from the checkpoint.
                     log.warning(
@@ -812,6 +811,19 @@ class StreamIngest:
                     )
                     return
                 await self._handle_failure(exc)
+            except BaseException:
+                # Cancelled (a stop that could wait no longer): the commits in flight must
+                # not outlive it, to fail later on a closed connection with no one to hear.
+                await self._abandon(commits)
+                raise
+
+    @staticmethod
+    async def _abandon(commits: list[tuple[asyncio.Task[None], Progress]]) -> None:
+        """Cancel the commits in flight and wait until they have ended; drop their outcome."""
+        for task, _ in commits:
+            task.add_done_callback(db.claim_outcome)
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in commits), return_exceptions=True)
 
     async def _until(self, event: asyncio.Event, task: asyncio.Task[None]) -> None:
         """Wait until ``event`` is set or the commit ``task`` has ended, whichever is first."""

@@ -7,6 +7,7 @@ proves there are no duplicates and the exact row count proves there are no gaps.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from puppylogd.config import Settings
 from puppylogd.db import COPY_SEND_BUFFER
@@ -589,6 +591,55 @@ def test_from_end_position_survives_a_kill_before_any_new_line(db_dsn: str, tmp_
         wait_rows(db_dsn, 15, daemon=daemon)
         assert daemon.stop() == 0
     assert_exactly(db_dsn, 15)
+
+
+# The daemon's COPYs of a batch, running on the server.
+COPYING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'puppylogd' "
+    "AND state = 'active' AND query LIKE 'COPY%'"
+)
+
+
+@pytest.mark.parametrize("once", [False, True])
+async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
+    once: bool, make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    # SIGTERM while the server hangs mid-COPY: after its grace time the daemon cancels the
+    # stream (run, or --once's run_once), then, closing timing out, terminates its
+    # connections. Nothing the stream started may fail afterwards with no one to hear it
+    # ("Task exception was never retrieved" for a commit, or its transaction's ROLLBACK).
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "big.log"
+    big_file(log)
+    reports: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    admin = await asyncpg.connect(dsn)
+    try:
+        group = await admin.fetchval(
+            "INSERT INTO puppylog.log_groups (name) VALUES ('hung') RETURNING id"
+        )
+        settings = Settings(dsn=dsn, log_files=[log], once=once, batch_lines=5000)
+        ingest = StreamIngest(settings, dsn, log, group)
+        await ingest.register()
+        stream = asyncio.create_task(ingest.run_once() if once else ingest.run(asyncio.Event()))
+        async with asyncio.timeout(30):
+            while not await admin.fetchval(COPYING):
+                await asyncio.sleep(0.001)
+    finally:
+        await admin.close()
+    cluster.pause()
+    try:
+        await asyncio.sleep(0.3)  # the COPY cannot go on
+        stream.cancel()
+        await asyncio.gather(stream, return_exceptions=True)
+        ingest.terminate()
+    finally:
+        cluster.resume()
+    await asyncio.sleep(1.0)  # what was left running ends
+    del stream  # its traceback holds the frames that held what it started
+    gc.collect()
+    assert [r["message"] for r in reports] == []
 
 
 async def test_the_copy_connection_gets_a_wide_send_buffer(db_dsn: str, tmp_path: Path) -> None:

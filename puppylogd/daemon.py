@@ -36,7 +36,8 @@ HOUSEKEEPING_SECONDS = 3600.0
 # daemon's own connection CLOSE_SECONDS each, 16 s in all.
 STOP_GRACE_SECONDS = 10.0
 CLOSE_SECONDS = 3.0
-# How long a stopped --once may take to commit the batches in flight before it is cancelled.
+# How long a stopped --once may take to commit the batches in flight before it is cancelled
+# (then its streams close as in run, CLOSE_SECONDS each).
 STOP_ONCE_SECONDS = 10.0
 # How often a log file that cannot be opened (permissions, symlink loop...) is tried again.
 REOPEN_SECONDS = 5.0
@@ -521,13 +522,17 @@ class Daemon:
             if decision is not None or await self._reopen(ingest, stop):
                 await ingest.run(stop)
         finally:
-            # A hung server must not hold up the exit: give closing a bounded time.
-            try:
-                await asyncio.wait_for(ingest.mark_stopped(), timeout=CLOSE_SECONDS)
-                await asyncio.wait_for(ingest.close(), timeout=CLOSE_SECONDS)
-            except TimeoutError:
-                log.warning("closing the stream's connection timed out", path=str(ingest.path))
-                ingest.terminate()
+            await self._close_stream(ingest)
+
+    @staticmethod
+    async def _close_stream(ingest: StreamIngest) -> None:
+        """Mark the stream stopped and close it; a hung server gets a bounded time for each."""
+        try:
+            await asyncio.wait_for(ingest.mark_stopped(), timeout=CLOSE_SECONDS)
+            await asyncio.wait_for(ingest.close(), timeout=CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("closing the stream's connection timed out", path=str(ingest.path))
+            ingest.terminate()
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -847,8 +852,7 @@ class Daemon:
             await self._store_once(readable)
         finally:
             for ingest in ingests:
-                await ingest.mark_stopped()
-                await ingest.close()
+                await self._close_stream(ingest)
             self._rejects.flush()
         stored = sum(i.stats.stored for i in ingests)
         rejected = sum(i.stats.rejected for i in ingests)

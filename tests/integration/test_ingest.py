@@ -642,6 +642,30 @@ async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
     assert [r["message"] for r in reports] == []
 
 
+def test_once_stopped_while_the_server_hangs_exits_without_waiting_for_it(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """SIGTERM to --once with the server hung mid-COPY: it exits 143 while the server still
+    hangs (the batches in flight get STOP_ONCE_SECONDS, each connection CLOSE_SECONDS to
+    close, well within systemd's TimeoutStopSec of 30 s), with no traceback."""
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "big.log"
+    big_file(log)
+    with start_daemon(dsn, log, once=True, batch_lines=5000) as daemon:
+        wait_for(lambda: query_val(dsn, COPYING), 30, interval=0.002, message="a COPY")
+        cluster.pause()
+        try:
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(30)
+        finally:
+            cluster.resume()
+        out = daemon.output()
+    assert code == 128 + signal.SIGTERM, out[-4000:]
+    assert journal_noise(out) == []
+    assert "stopped before the end of the files" in out
+
+
 async def test_the_copy_connection_gets_a_wide_send_buffer(db_dsn: str, tmp_path: Path) -> None:
     # The daemon's ingest connection asks for a send buffer that holds most of a batch, so
     # PostgreSQL keeps reading the COPY while the daemon parses (see db.widen_send_buffer).

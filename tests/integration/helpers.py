@@ -12,6 +12,7 @@ Everything here is synchronous, so tests can be plain functions:
 * :class:`DaemonProcess` -- the ``Popen`` returned by :func:`start_daemon`: its output goes
   to a file (``output()``); ``stop()`` sends SIGTERM and waits; ``kill9()``.
 * :func:`wait_for` -- poll a predicate with a deadline; fails the test with a message.
+* :func:`journal_noise` -- the lines of a daemon's output that are not its own plain events.
 * :func:`query_val`, :func:`counts`, :func:`reject_reasons` -- read the database.
 * :func:`end_backend` -- ``pg_terminate_backend`` one backend and wait until it is gone.
 * :func:`migrate_up_to` -- rebuild the schema as an older release left it (upgrade tests).
@@ -19,6 +20,7 @@ Everything here is synchronous, so tests can be plain functions:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,6 +248,29 @@ def start_daemon(
     proc.log_path = log_path
     proc.own_log = owned
     return proc
+
+
+def journal_noise(output: str) -> list[str]:
+    """Return the lines of a daemon's output that are not one plain event of its own.
+
+    Tracebacks, asyncio's "never retrieved" and "was destroyed" reports, other libraries'
+    warnings and error-level lines are noise when every fault was recovered from.
+    """
+    noise = []
+    for line in output.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            noise.append(line)
+            continue
+        if (
+            not isinstance(event, dict)
+            or not str(event.get("logger", "")).startswith("puppylogd")
+            or "exception" in event
+            or event.get("level") in ("error", "critical")
+        ):
+            noise.append(line)
+    return noise
 
 
 def wait_for(

@@ -37,6 +37,7 @@ from tests.integration.helpers import (
     count_rows,
     counts,
     end_backend,
+    journal_noise,
     query_rows,
     query_val,
     recent,
@@ -424,29 +425,6 @@ def test_database_restart_and_terminated_backends(
     assert n == 102_500
     assert "waiting for database" in out
     assert "database connection lost" in out
-
-
-def journal_noise(output: str) -> list[str]:
-    """Return the lines of a daemon's output that are not one plain event of its own.
-
-    Tracebacks, asyncio's "never retrieved" and "was destroyed" reports, other libraries'
-    warnings and error-level lines are noise when every fault was recovered from.
-    """
-    noise = []
-    for line in output.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            noise.append(line)
-            continue
-        if (
-            not isinstance(event, dict)
-            or not str(event.get("logger", "")).startswith("puppylogd")
-            or "exception" in event
-            or event.get("level") in ("error", "critical")
-        ):
-            noise.append(line)
-    return noise
 
 
 # A backend of the daemon's that has begun a batch's transaction and waits for its COPY.

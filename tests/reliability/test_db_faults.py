@@ -29,7 +29,14 @@ import pytest
 
 from puppylogd.embedded import Cluster
 from tests.conftest import ClusterFactory
-from tests.integration.helpers import append, query_rows, query_val, start_daemon, wait_for
+from tests.integration.helpers import (
+    append,
+    journal_noise,
+    query_rows,
+    query_val,
+    start_daemon,
+    wait_for,
+)
 from tests.integration.test_daemon_systemd import NotifySocket
 from tests.integration.test_watch import Watch
 from tests.reliability.support import LIVE, Lines, assert_exact, record, wait_stored
@@ -271,6 +278,7 @@ def test_sigterm_while_the_database_is_away_stops_in_time_and_loses_nothing(
             else:
                 cluster.resume()
     assert code == 0, daemon.output()[-4000:]
+    assert journal_noise(daemon.output()) == []
     # Down: nothing could be stored, so nothing to wait for. Hung: the last commit's grace and
     # the bounded closes, with room before systemd's SIGKILL.
     limit = 5.0 if fault == "down" else STOP_TIMEOUT_S - 5

@@ -481,8 +481,11 @@ class StreamIngest:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=CONN_CHECK_SECONDS)
-            # Its outcome is the caller's already, or of no interest: on a hung server it is
-            # left running (its ROLLBACK waits) and fails once the connection is terminated.
+            if not task.done():
+                # A hung server: its ROLLBACK waits. The connection is of no more use (the
+                # next statement would find it busy), and ending it ends the task.
+                conn.terminate()
+            # Its outcome is the caller's already, or of no interest.
             task.add_done_callback(db.claim_outcome)
 
     async def _write(

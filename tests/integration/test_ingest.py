@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from puppylogd.config import Settings
 from puppylogd.db import COPY_SEND_BUFFER
@@ -618,6 +619,46 @@ async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
     del stream  # its traceback holds the frames that held what it started
     gc.collect()
     assert [r["message"] for r in reports] == []
+
+
+async def test_a_batch_abandoned_on_a_hung_server_does_not_hold_its_connection(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    # --once stopped while the server hangs mid-COPY: once its batches are cancelled, the
+    # stream is marked stopped. Should the server answer again meanwhile, that must not find
+    # the connection still busy with the abandoned transaction ("could not mark stream
+    # stopped: cannot perform operation: another operation is in progress").
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "big.log"
+    big_file(log)
+    admin = await asyncpg.connect(dsn)
+    try:
+        group = await admin.fetchval(
+            "INSERT INTO puppylog.log_groups (name) VALUES ('hung') RETURNING id"
+        )
+        settings = Settings(dsn=dsn, log_files=[log], once=True, batch_lines=5000)
+        ingest = StreamIngest(settings, dsn, log, group)
+        await ingest.register()
+        stream = asyncio.create_task(ingest.run_once())
+        async with asyncio.timeout(30):
+            while not await admin.fetchval(COPYING):
+                await asyncio.sleep(0.001)
+    finally:
+        await admin.close()
+    cluster.pause()
+    try:
+        await asyncio.sleep(0.3)  # the COPY cannot go on
+        stream.cancel()
+        await asyncio.gather(stream, return_exceptions=True)
+    finally:
+        cluster.resume()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(ingest.mark_stopped(), timeout=10)
+    finally:
+        await ingest.close()
+    assert [e for e in logs if e["log_level"] != "info"] == []
 
 
 def test_once_stopped_while_the_server_hangs_exits_without_waiting_for_it(

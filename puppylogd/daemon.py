@@ -256,18 +256,41 @@ class Daemon:
             self.cluster, dsn, self._own_cluster = await open_embedded(self.settings)
             log.info("embedded database", state_dir=str(self.settings.state_dir))
         self.dsn = dsn
-        self._control = await connect_with_retry(
-            dsn,
-            self.systemd,
-            self.stop,
-            on_wait=self._waiting_at_start,
-            # Each failed attempt counts as progress: often enough to feed the watchdog.
-            max_delay=self._reopen_seconds(),
-            source=self.settings.dsn_source(),
-        )
-        self._start_waiting = False
-        if self._control is None:
-            return False
+        delay = REGISTER_RETRY_START
+        while True:
+            self._control = await connect_with_retry(
+                dsn,
+                self.systemd,
+                self.stop,
+                on_wait=self._waiting_at_start,
+                # Each failed attempt counts as progress: often enough to feed the watchdog.
+                max_delay=self._reopen_seconds(),
+                source=self.settings.dsn_source(),
+            )
+            self._start_waiting = False
+            if self._control is None:
+                return False
+            try:
+                await self._set_up_database()
+                return True
+            except db.CONNECTION_ERRORS as exc:
+                if is_file_error(exc):
+                    raise  # e.g. a migration file that cannot be read
+                # The server ended the session (a restart, pg_terminate_backend): what was
+                # done is done (each migration is one transaction), the rest is done again.
+                log.warning(
+                    "database connection lost while starting; reconnecting",
+                    error=db.lost_reason(exc),
+                )
+                self._control.terminate()
+                self._control = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            delay = min(delay * 2, REGISTER_RETRY_MAX)
+
+    async def _set_up_database(self) -> None:
+        """Migrate the database, register the group, check the clock and the connections."""
+        assert self._control is not None
         applied = await apply_migrations(self._control)
         if applied:
             log.info("migrations applied", migrations=applied)
@@ -283,7 +306,6 @@ class Daemon:
                 f"role {role} may not write to schema puppylog ({exc}): "
                 f"GRANT puppylog_writer TO {role}"
             ) from exc
-        return True
 
     def _waiting_at_start(self, exc: BaseException) -> None:
         self._start_waiting = True
@@ -832,7 +854,7 @@ class Daemon:
                     missing.append(str(path))
                     continue
                 try:
-                    decision = await ingest.register()
+                    decision = await self._register_once(ingest)
                 except NotRegularFileError:
                     decision = NOT_REGULAR
                 except OSError as exc:
@@ -891,6 +913,25 @@ class Daemon:
             return 1
         log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons, **late)
         return 0
+
+    async def _register_once(self, ingest: StreamIngest) -> str:
+        """Register a stream for --once, again after a lost connection (as at start)."""
+        delay = REGISTER_RETRY_START
+        while True:
+            try:
+                return await ingest.register()
+            except db.CONNECTION_ERRORS as exc:
+                if is_file_error(exc) or self.stop.is_set():
+                    raise
+                log.warning(
+                    "database connection lost while registering the stream; reconnecting",
+                    path=str(ingest.path),
+                    error=db.lost_reason(exc),
+                )
+                ingest.terminate()  # register opens the file again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            delay = min(delay * 2, REGISTER_RETRY_MAX)
 
     def _once_stopped_code(self) -> int:
         """Return --once's exit status when stopped before the end: 128 + the signal's number."""

@@ -471,6 +471,49 @@ def test_backends_killed_as_a_batch_begins_are_one_warning_each_and_nothing_else
     assert_exactly(db_dsn, valid, invalid)
 
 
+# The daemon's newest backend while nothing is stored yet: it is starting (its own
+# connection, then the stream's).
+STARTING = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = 'puppylogd' "
+    "AND NOT EXISTS (SELECT FROM puppylog.log_streams WHERE lines_stored > 0) "
+    "ORDER BY backend_start DESC LIMIT 1"
+)
+# ... and not its oldest: the stream's connection, registering the stream.
+REGISTERING = STARTING.replace(
+    "ORDER BY",
+    "AND backend_start > (SELECT min(backend_start) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name = 'puppylogd') ORDER BY",
+)
+
+
+def test_backends_killed_while_once_starts_are_one_warning_each(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """--once whose connections are terminated while it starts (the migrations, the group,
+    the stream's registration...) reconnects with a warning each, not a traceback and exit 1,
+    and stores every line once."""
+    log = tmp_path / "access.log"
+    append(log, clf_lines(0, 1000, recent(60)) + b"junk\n")
+    kills = 0
+    with start_daemon(db_dsn, log, once=True) as daemon:
+        while kills < 4 and daemon.poll() is None:
+            os.kill(daemon.pid, signal.SIGSTOP)
+            try:
+                pid = query_val(db_dsn, STARTING if kills < 2 else REGISTERING)
+                if pid is not None and end_backend(db_dsn, pid):
+                    kills += 1
+            finally:
+                os.kill(daemon.pid, signal.SIGCONT)
+            time.sleep(0.005)
+        code = daemon.wait(60)
+        out = daemon.output()
+    assert code == 0, out[-4000:]
+    assert kills == 4, out[-4000:]
+    assert journal_noise(out) == []
+    assert_exactly(db_dsn, 1000, 1)
+
+
 def test_copytruncate_during_a_database_outage(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:

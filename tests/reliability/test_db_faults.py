@@ -179,6 +179,9 @@ def test_database_fault_loses_and_doubles_nothing(
         finally:
             watch.stop()
         assert daemon.stop() == 0, daemon.output()[-4000:]
+        # Each recovered fault is said in the daemon's own words: no traceback, no report
+        # from asyncio or asyncpg, nothing at error level.
+        assert journal_noise(daemon.output()) == []
     elapsed = time.monotonic() - started
     c = assert_exact(dsn, lines.valid, lines.invalid)
     during = [t for t in transitions if fault_from <= t[2].timestamp() <= fault_to]

@@ -1036,17 +1036,20 @@ class Daemon:
                     # The server is away: there is nothing it could store now, and what the
                     # stream holds is read again from the file on the next start.
                     task.cancel()
-            stream_tasks = {t: p for p, (_, _, t) in self.streams.items()}
+            stream_tasks = {t: i for i, _, t in self.streams.values()}
             if stream_tasks:
                 _, pending = await asyncio.wait(stream_tasks, timeout=STOP_GRACE_SECONDS)
                 for task in pending:
                     # A hung server: nothing is lost, only not stored by this run.
+                    ingest = stream_tasks[task]
                     log.warning(
                         "stream did not stop in time: the database does not answer; the lines "
                         "it had not stored are read again at the next start",
-                        path=str(stream_tasks[task]),
+                        path=str(ingest.path),
                         waited_s=STOP_GRACE_SECONDS,
                     )
+                    # Closing its connection would wait for the server too.
+                    ingest.terminate()
                     task.cancel()
                 await asyncio.gather(*stream_tasks, return_exceptions=True)
             stopper.cancel()

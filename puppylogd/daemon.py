@@ -855,6 +855,8 @@ class Daemon:
                     continue
                 try:
                     decision = await self._register_once(ingest)
+                    if decision is None:
+                        break  # stopped: the summary says so, with 128 + the signal
                 except NotRegularFileError:
                     decision = NOT_REGULAR
                 except OSError as exc:
@@ -871,7 +873,8 @@ class Daemon:
                     missing.append(str(path))
                     continue
                 readable.append(ingest)
-            await self._store_once(readable)
+            if not self.stop.is_set():
+                await self._store_once(readable)
         finally:
             for ingest in ingests:
                 await self._close_stream(ingest)
@@ -914,14 +917,29 @@ class Daemon:
         log.info("once: done", stored=stored, rejected=rejected, rejected_reasons=reasons, **late)
         return 0
 
-    async def _register_once(self, ingest: StreamIngest) -> str:
-        """Register a stream for --once, again after a lost connection (as at start)."""
+    async def _register_once(self, ingest: StreamIngest) -> str | None:
+        """Register a stream for --once, again after a lost connection (as at start).
+
+        Return None when stopped first: a server that went away or hangs is waited for, and
+        only a stop ends that wait (nothing was read yet, nothing is lost).
+        """
         delay = REGISTER_RETRY_START
-        while True:
+        while not self.stop.is_set():
+            registering = asyncio.create_task(ingest.register(), name=f"register:{ingest.path}")
+            stopping = asyncio.create_task(self.stop.wait(), name="register-stop-wait")
+            done, _ = await asyncio.wait(
+                {registering, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
+            if registering not in done:
+                registering.cancel()
+                await asyncio.gather(registering, stopping, return_exceptions=True)
+                return None
+            await asyncio.gather(stopping, return_exceptions=True)
             try:
-                return await ingest.register()
+                return registering.result()
             except db.CONNECTION_ERRORS as exc:
-                if is_file_error(exc) or self.stop.is_set():
+                if is_file_error(exc):
                     raise
                 log.warning(
                     "database connection lost while registering the stream; reconnecting",
@@ -932,6 +950,7 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             delay = min(delay * 2, REGISTER_RETRY_MAX)
+        return None
 
     def _once_stopped_code(self) -> int:
         """Return --once's exit status when stopped before the end: 128 + the signal's number."""

@@ -44,6 +44,7 @@ from tests.integration.helpers import (
     recent,
     reject_reasons,
     run_once,
+    signal_at,
     start_daemon,
     wait_for,
 )
@@ -726,6 +727,50 @@ def test_once_stopped_while_the_server_hangs_exits_without_waiting_for_it(
     assert code == 128 + signal.SIGTERM, out[-4000:]
     assert journal_noise(out) == []
     assert "stopped before the end of the files" in out
+
+
+def test_once_stopped_while_registering_on_a_hung_server_exits_without_waiting_for_it(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """SIGTERM to --once while it registers its stream with the server hung: exit 143.
+
+    Before any line is read there is nothing to commit; the stop must not wait for a server
+    that may never answer (it did, for ever: registering has no timeout of its own).
+    """
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "access.log"
+    log.write_bytes(clf_lines(0, 100, recent(60)))
+    daemon_conns = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'puppylogd'"
+    paused = False
+
+    def registering(pid: int) -> bool:
+        # Stopped: its control connection and the stream's are open, no stream registered.
+        nonlocal paused
+        if query_val(dsn, daemon_conns) < 2 or not query_val(
+            dsn, "SELECT to_regclass('puppylog.log_streams') IS NOT NULL"
+        ):
+            return False
+        if query_val(dsn, "SELECT count(*) FROM puppylog.log_streams"):
+            raise AssertionError("registered before the moment was seen: retry the test")
+        cluster.pause()
+        paused = True
+        return True
+
+    with start_daemon(dsn, log, once=True) as daemon:
+        try:
+            signal_at(daemon.pid, registering, signal.SIGTERM)
+            code = daemon.wait(30)
+        finally:
+            if paused:
+                cluster.resume()
+        out = daemon.output()
+    assert code == 128 + signal.SIGTERM, out[-4000:]
+    assert journal_noise(out) == []
+    assert "stopped before the end of the files" in out
+    assert count_rows(dsn) == 0
+    assert run_once(dsn, log).returncode == 0
+    assert count_rows(dsn) == 100
 
 
 async def test_the_copy_connection_gets_a_wide_send_buffer(db_dsn: str, tmp_path: Path) -> None:

@@ -623,20 +623,8 @@ COPYING = (
 )
 
 
-@pytest.mark.parametrize("once", [False, True])
-async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
-    once: bool, make_cluster: ClusterFactory, tmp_path: Path
-) -> None:
-    # SIGTERM while the server hangs mid-COPY: after its grace time the daemon cancels the
-    # stream (run, or --once's run_once), then, closing timing out, terminates its
-    # connections. Nothing the stream started may fail afterwards with no one to hear it
-    # ("Task exception was never retrieved" for a commit, or its transaction's ROLLBACK).
-    cluster = make_cluster()
-    dsn = cluster.dsn()
-    log = tmp_path / "big.log"
-    big_file(log)
-    reports: list[dict[str, Any]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+async def copying(dsn: str, log: Path, *, once: bool) -> tuple[StreamIngest, asyncio.Task[None]]:
+    """Start a stream on ``log`` (``run`` or ``run_once``) and return once its COPY is on."""
     admin = await asyncpg.connect(dsn)
     try:
         group = await admin.fetchval(
@@ -651,6 +639,24 @@ async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
                 await asyncio.sleep(0.001)
     finally:
         await admin.close()
+    return ingest, stream
+
+
+@pytest.mark.parametrize("once", [False, True])
+async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
+    once: bool, make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    # SIGTERM while the server hangs mid-COPY: after its grace time the daemon cancels the
+    # stream (run, or --once's run_once), then, closing timing out, terminates its
+    # connections. Nothing the stream started may fail afterwards with no one to hear it
+    # ("Task exception was never retrieved" for a commit, or its transaction's ROLLBACK).
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "big.log"
+    big_file(log)
+    reports: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    ingest, stream = await copying(dsn, log, once=once)
     cluster.pause()
     try:
         await asyncio.sleep(0.3)  # the COPY cannot go on
@@ -676,20 +682,7 @@ async def test_a_batch_abandoned_on_a_hung_server_does_not_hold_its_connection(
     dsn = cluster.dsn()
     log = tmp_path / "big.log"
     big_file(log)
-    admin = await asyncpg.connect(dsn)
-    try:
-        group = await admin.fetchval(
-            "INSERT INTO puppylog.log_groups (name) VALUES ('hung') RETURNING id"
-        )
-        settings = Settings(dsn=dsn, log_files=[log], once=True, batch_lines=5000)
-        ingest = StreamIngest(settings, dsn, log, group)
-        await ingest.register()
-        stream = asyncio.create_task(ingest.run_once())
-        async with asyncio.timeout(30):
-            while not await admin.fetchval(COPYING):
-                await asyncio.sleep(0.001)
-    finally:
-        await admin.close()
+    ingest, stream = await copying(dsn, log, once=True)
     cluster.pause()
     try:
         await asyncio.sleep(0.3)  # the COPY cannot go on

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Position, Tailer
+from puppylogd.tailer import TOO_LONG_KEEP, Chunk, Tailer
 from tests.unit.test_tailer import append, drain
 from tests.unit.test_tailer import make as make_tailer
-from tests.unit.test_tailer_compressed import COMPRESSORS
+from tests.unit.test_tailer_compressed import COMPRESSORS, checkpoint_after
 
 
 def make(path: Path) -> Tailer:
@@ -45,17 +45,6 @@ def rotate(p: Path, keep: int = 5) -> None:
             older.rename(p.with_name(f"{p.name}.{n + 1}"))
     p.rename(p.with_name(p.name + ".1"))
     time.sleep(0.01)  # distinct mtimes even on coarse clocks
-
-
-def checkpoint_after(p: Path, data: bytes) -> Position:
-    """Write ``data`` to a new ``p``, read it all and return the end position."""
-    p.write_bytes(data)
-    t = make(p)
-    t.open(None)
-    cp = drain(t)[-1].end
-    t.close()
-    time.sleep(0.01)
-    return cp
 
 
 async def test_two_rotations_while_stopped_read_the_middle_file(tmp_path: Path) -> None:

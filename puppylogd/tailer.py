@@ -85,7 +85,13 @@ Decisions:
   file is read again from 0 and ``take_warning`` says lines may be lost.
 * An event always starts a new chunk, so every chunk's lines come from one file; an event
   chunk's ``start`` is the last position on the old file, its ``end`` is on the new one
-  (for a truncation with a copy: the truncated file, then the copy).
+  (for a truncation with a copy: the truncated file, then the copy).  While the new file
+  is empty the event chunk is not handed out (``position`` stays on the old file; a second
+  switch meanwhile replaces the event): a position at offset 0 with an empty fingerprint
+  matches any file, so a checkpoint there could not find the new file's lines again once
+  it is compressed or copy-truncated while the daemon is stopped (nor tell a reused inode
+  number), whereas from the old file's end ``open`` finds them as a rotated successor or
+  a copy.
 * The previous file of a rotation (or the truncated file whose copy is read) stays open
   so that a rewind to a position on it can replay the switch exactly; it is closed by the
   next switch, by ``rewind``/``committed`` with a position on the current file, or by
@@ -1208,7 +1214,7 @@ class Tailer:
             if outcome in (_FULL, _CLOSED):
                 return self._emit()
             delay = 0.0 if outcome == _BUSY else self.poll_interval
-            if acc.ready:
+            if self._ready(acc):
                 now = loop.time()
                 if now >= deadline:
                     return self._emit()
@@ -1228,7 +1234,7 @@ class Tailer:
             pass  # a compressed file decompressed up to its position: a read at a time
         acc = self._acc
         assert acc is not None
-        return self._emit() if acc.ready else None
+        return self._emit() if self._ready(acc) else None
 
     @property
     def position(self) -> Position:
@@ -1238,7 +1244,7 @@ class Tailer:
     def at_eof(self) -> bool:
         """Return True when the last read hit end of file with nothing ready or pending."""
         acc = self._acc
-        return self._caught_up and (acc is None or not acc.ready)
+        return self._caught_up and (acc is None or not self._ready(acc))
 
     def file_size(self) -> int | None:
         """Return the size of the file being read (None while there is none).
@@ -1263,10 +1269,38 @@ class Tailer:
     def _position(self) -> Position:
         return self._cur.position() if self._cur is not None else self._last
 
+    def _ready(self, acc: _Acc) -> bool:
+        """Return whether ``acc`` can be handed out; not an event's while the new file is empty.
+
+        Its end would be offset 0 with an empty fingerprint, which matches any file: a
+        checkpoint there could not find that file's lines again once it is compressed or
+        copy-truncated (or its inode number reused). The chunk waits for the first bytes;
+        meanwhile the position stays at the end of the old file, from which ``open`` finds
+        them in a rotated successor or a copy.
+        """
+        if not acc.ready:
+            return False
+        return not self._holds_event(acc)
+
+    def _holds_event(self, acc: _Acc) -> bool:
+        """Return whether ``acc`` is an event's, without lines, waiting for an empty file."""
+        return (
+            acc.event is not None
+            and not acc.closed
+            and not acc.lines
+            and not acc.too_long
+            and acc.start.fp_len > 0
+            and self._cur is not None
+            and self._position().fp_len == 0
+        )
+
     def _begin_event(self, name: str) -> None:
         """Attach event ``name`` to the chunk that starts now; call before moving on."""
         acc = self._acc
         assert acc is not None
+        if self._holds_event(acc):
+            acc.event = name  # the file switched to is left empty: one event from the old one
+            return
         if acc.ready:
             # Freeze the chunk at the old position; the event starts the next one.
             acc.end = self._position()

@@ -370,3 +370,68 @@ def test_copytruncate_compressed_while_stopped(tmp_path: Path) -> None:
     assert t.take_warning() is None
     assert lines_of(drain(t)) == [b"10.0.0.0 written before the copy", b"new"]
     t.close()
+
+
+def checkpoint_on_empty_file(p: Path, rotate: Callable[[Path], None]) -> Position:
+    """Read day 0, ``rotate`` (leaving an empty file at ``p``), read on: the checkpoint then.
+
+    A quiet log after its rotation: the reader has switched to the new, still empty file. A
+    checkpoint there (offset 0, empty fingerprint) would match any file.
+    """
+    p.write_bytes(day(0))
+    t = make(p)
+    t.open(None)
+    drain(t)
+    rotate(p)
+    if not p.exists():
+        p.write_bytes(b"")
+    time.sleep(0.06)  # past rotate_grace
+    drain(t)
+    cp = t.position  # the end of the last chunk handed out: what the daemon has committed
+    t.close()
+    return cp
+
+
+def test_restart_on_an_empty_file_compressed_since(tmp_path: Path) -> None:
+    """The empty file's lines, written while stopped, are in access.log.1.gz: read them."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_on_empty_file(p, lambda p: logrotate(p, delay=False))
+    append(p, day(1))
+    logrotate(p, delay=False)
+    p.write_bytes(day(2))
+    t = make(p)
+    t.open(cp)
+    assert lines_of(drain(t)) == [*day(1).splitlines(), *day(2).splitlines()]
+    assert t.take_warning() is None
+    t.close()
+
+
+def test_restart_on_an_empty_file_delaycompressed_twice_since(tmp_path: Path) -> None:
+    """Two rotations: the empty file's lines are in access.log.2.gz, then .1, the path."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_on_empty_file(p, logrotate)
+    append(p, day(1))
+    logrotate(p)
+    p.write_bytes(day(2))
+    logrotate(p)
+    p.write_bytes(day(3))
+    t = make(p)
+    t.open(cp)
+    assert lines_of(drain(t)) == [line for n in (1, 2, 3) for line in day(n).splitlines()]
+    assert t.take_warning() is None
+    t.close()
+
+
+def test_restart_on_an_empty_file_copytruncated_since(tmp_path: Path) -> None:
+    """copytruncate: the checkpoint's (empty) file is the one at the path, truncated again."""
+    p = tmp_path / "access.log"
+    cp = checkpoint_on_empty_file(p, copytruncate_compressed)
+    append(p, day(1))
+    p.with_name("access.log.1.gz").rename(p.with_name("access.log.2.gz"))
+    copytruncate_compressed(p)
+    append(p, day(2))
+    t = make(p)
+    t.open(cp)
+    assert lines_of(drain(t)) == [*day(1).splitlines(), *day(2).splitlines()]
+    assert t.take_warning() is None
+    t.close()

@@ -819,3 +819,57 @@ def test_checkpoint_file_compressed_with_zstd_is_read_from_the_checkpoint(
     assert t.take_warning() is None
     assert lines_of(drain(t)) == [b"a2", b"b1", b"c1"]
     t.close()
+
+
+def test_copytruncate_while_stopped_on_the_emptied_file_reads_the_copy(tmp_path: Path) -> None:
+    """A quiet log copy-truncated while running: the checkpoint is not on the empty file.
+
+    From there (offset 0, empty fingerprint) the next copy, made while stopped, could not be
+    told from the file: its lines were lost silently.
+    """
+    p = tmp_path / "access.log"
+    p.write_bytes(b"10.0.0.1 first\n")
+    t = make(p)
+    t.open(None)
+    drain(t)
+    copytruncate(p, "access.log.1")
+    time.sleep(0.06)  # past rotate_grace
+    drain(t)
+    cp = t.position
+    t.close()
+    append(p, b"10.0.0.2 written while stopped\n")
+    (tmp_path / "access.log.1").rename(tmp_path / "access.log.2")
+    copytruncate(p, "access.log.1")
+    append(p, b"10.0.0.3 after the copy\n")
+    t = make(p)
+    t.open(cp)
+    assert lines_of(drain(t)) == [b"10.0.0.2 written while stopped", b"10.0.0.3 after the copy"]
+    assert t.take_warning() is None
+    t.close()
+
+
+def test_switch_to_an_empty_file_waits_for_its_first_line(tmp_path: Path) -> None:
+    """The event comes with the new file's first line; a rewind meanwhile replays it once."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"10.0.0.1 old\n")
+    t = make(p)
+    t.open(None)
+    first = drain(t)
+    rotate(p)
+    p.write_bytes(b"")
+    time.sleep(0.06)
+    assert t.read_available(10) is None
+    assert t.at_eof()
+    assert t.position == first[-1].end  # still on the old file
+    rotate(p)  # rotated again while empty: one event for both switches
+    p.write_bytes(b"")
+    time.sleep(0.06)
+    assert t.read_available(10) is None
+    t.rewind(first[-1].end)
+    append(p, b"10.0.0.2 new\n")
+    time.sleep(0.06)
+    chunks = drain(t)
+    assert lines_of(chunks) == [b"10.0.0.2 new"]
+    assert [c.event for c in chunks] == ["rotated"]
+    assert chunks[0].start == first[-1].end
+    t.close()

@@ -810,7 +810,11 @@ class StreamIngest:
                 if stop.is_set():
                     # Not retried: a later run reads it again from the checkpoint.
                     log.warning(
-                        "stopped with a batch not stored", path=str(self.path), error=str(exc)
+                        "stopped with a batch not stored; it is read again at the next start",
+                        path=str(self.path),
+                        error=db.lost_reason(exc)
+                        if isinstance(exc, db.CONNECTION_ERRORS)
+                        else str(exc),
                     )
                     return
                 await self._handle_failure(exc)

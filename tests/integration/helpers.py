@@ -254,7 +254,9 @@ def journal_noise(output: str) -> list[str]:
     """Return the lines of a daemon's output that are not one plain event of its own.
 
     Tracebacks, asyncio's "never retrieved" and "was destroyed" reports, other libraries'
-    warnings and error-level lines are noise when every fault was recovered from.
+    warnings and error-level lines are noise when every fault was recovered from; so is an
+    error given as asyncpg's account of what it was doing (``cannot call
+    Transaction.__aexit__()``) instead of the reason (``db.lost_reason``).
     """
     noise = []
     for line in output.splitlines():
@@ -268,6 +270,7 @@ def journal_noise(output: str) -> list[str]:
             or not str(event.get("logger", "")).startswith("puppylogd")
             or "exception" in event
             or event.get("level") in ("error", "critical")
+            or "__aexit__" in str(event.get("error", ""))
         ):
             noise.append(line)
     return noise

@@ -722,6 +722,41 @@ def test_once_stopped_while_the_server_hangs_exits_without_waiting_for_it(
     assert "stopped before the end of the files" in out
 
 
+def test_a_batch_lost_with_its_connection_after_a_stop_is_said_with_the_reason(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """SIGTERM to --once, then its COPY connections die: one warning naming the reason.
+
+    Not asyncpg's account of what it was doing (``cannot call Transaction.__aexit__()``).
+    The server hangs while the stop arrives, so the batch fails only after it.
+    """
+    cluster = make_cluster()
+    dsn = cluster.dsn()
+    log = tmp_path / "big.log"
+    valid, invalid = big_file(log)
+    backends = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'puppylogd' "
+        "AND state = 'active' AND query LIKE 'COPY%'"
+    )
+    with start_daemon(dsn, log, once=True, batch_lines=5000) as daemon:
+        pids = wait_for(lambda: [r[0] for r in query_rows(dsn, backends)], 30, interval=0.002)
+        cluster.pause()
+        try:
+            daemon.send_signal(signal.SIGTERM)
+            wait_for(lambda: '"stopping"' in daemon.output(), 10)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)  # the server restarts its backends on resume
+        finally:
+            cluster.resume()
+        code = daemon.wait(30)
+        out = daemon.output()
+    assert code == 128 + signal.SIGTERM, out[-4000:]
+    assert "stopped with a batch not stored" in out, out[-4000:]
+    assert journal_noise(out) == []
+    wait_for(lambda: run_once(dsn, log).returncode == 0, 60)
+    assert_exactly(dsn, valid, invalid)
+
+
 def test_once_stopped_while_registering_on_a_hung_server_exits_without_waiting_for_it(
     make_cluster: ClusterFactory, tmp_path: Path
 ) -> None:

@@ -925,19 +925,8 @@ class Daemon:
         """
         delay = REGISTER_RETRY_START
         while not self.stop.is_set():
-            registering = asyncio.create_task(ingest.register(), name=f"register:{ingest.path}")
-            stopping = asyncio.create_task(self.stop.wait(), name="register-stop-wait")
-            done, _ = await asyncio.wait(
-                {registering, stopping}, return_when=asyncio.FIRST_COMPLETED
-            )
-            stopping.cancel()
-            if registering not in done:
-                registering.cancel()
-                await asyncio.gather(registering, stopping, return_exceptions=True)
-                return None
-            await asyncio.gather(stopping, return_exceptions=True)
             try:
-                return registering.result()
+                return await self._unless_stopped(ingest.register(), name=f"register:{ingest.path}")
             except db.CONNECTION_ERRORS as exc:
                 if is_file_error(exc):
                     raise

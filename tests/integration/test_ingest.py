@@ -48,6 +48,7 @@ from tests.integration.helpers import (
     start_daemon,
     wait_for,
 )
+from tests.integration.test_db import loop_reports
 
 # Fast commits and polling keep the live tests short.
 LIVE: dict[str, Any] = {"batch_ms": 20, "poll_interval": 0.02}
@@ -654,8 +655,7 @@ async def test_a_stream_cancelled_on_a_hung_server_leaves_no_task_behind(
     dsn = cluster.dsn()
     log = tmp_path / "big.log"
     big_file(log)
-    reports: list[dict[str, Any]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    reports = loop_reports()
     ingest, stream = await copying(dsn, log, once=once)
     cluster.pause()
     try:
